@@ -1,0 +1,159 @@
+"""Command line: ``run``, ``config check``, ``produce``, ``score-file`` and ``demo``.
+
+``main()`` returns the exit code: 0 for a clean stop, 1 for a fatal error, 2 for bad
+configuration. Flags cover per-invocation choices only; everything else is settings (TOML file
+plus ``STREAM_SCORER_*`` environment variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from stream_scorer import __version__
+from stream_scorer.errors import ConfigurationError, FatalError
+from stream_scorer.logging import configure_logging
+from stream_scorer.settings import ENV_PREFIX, Settings, load_settings
+
+__all__ = ["main"]
+
+log = structlog.get_logger(__name__)
+
+#: Exit codes.
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML settings file; any key can be overridden by {ENV_PREFIX}<SECTION>__<KEY>",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-scorer",
+        description="Score Avro events from Kafka with an ONNX model; publish the flagged ones.",
+    )
+    parser.add_argument("--version", action="version", version=f"stream-scorer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the scoring service")
+    _add_config(run)
+
+    check = sub.add_parser("check", help="validate config, schemas and model binding")
+    _add_config(check)
+    config = sub.add_parser("config", help="configuration commands")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_check = config_sub.add_parser(
+        "check", help="validate config, schemas and model binding without touching Kafka"
+    )
+    _add_config(config_check)
+
+    produce = sub.add_parser("produce", help="produce synthetic transactions to topics.input")
+    _add_config(produce)
+    produce.add_argument("--rate", type=float, default=2000.0, help="events/s; 0 = max speed")
+    produce.add_argument("--count", type=int, default=None, help="how many (default: forever)")
+    produce.add_argument("--seed", type=int, default=7, help="generator seed")
+    produce.add_argument("--fraud-rate", type=float, default=0.01)
+    produce.add_argument("--corrupt-rate", type=float, default=0.0,
+                         help="share of deliberately undecodable messages")  # fmt: skip
+
+    score_file = sub.add_parser("score-file", help="score an Avro container file offline")
+    _add_config(score_file)
+    score_file.add_argument("input", type=Path, help="Avro object container file of events")
+    score_file.add_argument(
+        "--output", "-o", type=Path, default=None,
+        help=".avro or .jsonl file (default: JSON lines on stdout)",
+    )  # fmt: skip
+
+    demo = sub.add_parser("demo", help="run producer, broker and scorer on this machine")
+    demo.add_argument("--config", type=Path)
+    demo.add_argument("--duration", type=float, default=None, help="seconds, then stop")
+    demo.add_argument(
+        "--bootstrap-servers", default=None,
+        help="use this real cluster instead of the embedded mock cluster",
+    )  # fmt: skip
+    demo.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "log_level", None):
+        overrides["log"] = {"level": args.log_level}
+    return load_settings(args.config, overrides)
+
+
+def _check(settings: Settings) -> int:
+    from stream_scorer.app import build_decoder, load_model, load_schema  # noqa: PLC0415
+
+    reader = load_schema(settings.schema_.reader, "schema.reader")
+    load_schema(settings.schema_.alert, "schema.alert")
+    # The registry is not contacted: check must work without any network.
+    if settings.schema_.wire_format != "confluent":
+        build_decoder(settings, reader, None)
+    model = load_model(settings, reader)
+    card = model.scorer.card
+    sys.stdout.write(
+        f"ok: config valid; reader schema {reader.get('name')}; model {card.name}/"
+        f"{card.version} binds {len(card.bindings)} fields "
+        f"({', '.join(b.field for b in card.bindings)}); threshold {model.threshold}; "
+        f"wire format {settings.schema_.wire_format}\n"
+    )
+    return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "demo":
+        from stream_scorer.demo import run_demo  # noqa: PLC0415 - keep CLI start-up light
+
+        configure_logging("error", "auto", cache=False)
+        return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout)
+    settings = _settings(args)
+    configure_logging(settings.log.level, settings.log.format)
+    if command in {"check", "config"}:
+        return _check(settings)
+    if command == "run":
+        from stream_scorer.runner import Runner  # noqa: PLC0415
+
+        return Runner(settings).run()
+    if command == "produce":
+        from stream_scorer.loadgen import produce_events  # noqa: PLC0415
+
+        count = produce_events(
+            settings, args.rate, args.count, args.seed, args.fraud_rate, args.corrupt_rate
+        )
+        log.info("produced", events=count, topic=settings.topics.input)
+        return EXIT_OK
+    if command == "score-file":
+        from stream_scorer.app import load_model, load_schema  # noqa: PLC0415
+        from stream_scorer.offline import score_file  # noqa: PLC0415
+
+        model = load_model(settings, load_schema(settings.schema_.reader, "schema.reader"))
+        counts = score_file(args.input, model, settings.batch.max_size, args.output or sys.stdout)
+        log.info("scored_file", **counts)
+        return EXIT_OK
+    msg = f"unknown command {command}"
+    raise AssertionError(msg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the command, and map errors to exit codes."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"stream-scorer: configuration error: {exc}\n")
+        return EXIT_CONFIG
+    except FatalError as exc:
+        sys.stderr.write(f"stream-scorer: fatal: {exc}\n")
+        return EXIT_FATAL

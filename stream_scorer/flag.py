@@ -1,0 +1,63 @@
+"""Stage 5: events + scores → flagged results, by threshold.
+
+In: the scored events and their probabilities. Out: a :class:`Scored` for every event whose
+score is at or above the threshold, the number left unflagged, and a :class:`Rejected` for any
+score that is not a number in [0, 1] (a model that returns NaN for one event has not scored it).
+No side effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from stream_scorer.records import Event, Rejected, Scored
+
+__all__ = ["FLAG", "flag_events"]
+
+#: The decision written on every published alert.
+FLAG = "FLAG"
+
+
+def flag_events(
+    events: Sequence[Event],
+    scores: NDArray[np.float64],
+    threshold: float,
+    model_name: str,
+    model_version: str,
+    scored_time_ms: int,
+) -> tuple[list[Scored], int, list[Rejected]]:
+    """Split scored events into flagged, unflagged (counted) and invalid scores.
+
+    Returns:
+        Flagged results in batch order, the count of unflagged events, and rejects for scores
+        outside [0, 1] or NaN.
+    """
+    valid = (scores >= 0.0) & (scores <= 1.0)  # False for NaN too
+    flagged_rows = np.flatnonzero(valid & (scores >= threshold))
+    rejected = [
+        Rejected(
+            events[i].source,
+            "score",
+            "ModelError",
+            f"model returned {scores[i]!r}, not a probability",
+        )
+        for i in np.flatnonzero(~valid).tolist()
+    ]
+    flagged = [
+        Scored(
+            source=events[i].source,
+            event=events[i].fields,
+            score=float(scores[i]),
+            decision=FLAG,
+            threshold=threshold,
+            model_name=model_name,
+            model_version=model_version,
+            scored_time_ms=scored_time_ms,
+        )
+        for i in flagged_rows.tolist()
+    ]
+    unflagged = len(events) - len(flagged) - len(rejected)
+    return flagged, unflagged, rejected
