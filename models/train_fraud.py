@@ -1,0 +1,470 @@
+"""Train the fraud model on synthetic transactions and export it to ONNX with its model card.
+
+Run from the repository root (``make model`` does)::
+
+    .venv/bin/python models/train_fraud.py
+
+What it does:
+
+1. Draws ``N_TRAIN`` events with ``TransactionGenerator(seed=TRAIN_SEED)`` and ``N_HOLDOUT``
+   with ``TransactionGenerator(seed=HOLDOUT_SEED)``.
+2. Fits a scikit-learn ``Pipeline``: a ``ColumnTransformer`` (one-hot for string and enum fields,
+   a constant ``SimpleImputer`` for nullable numbers, passthrough for the other numbers and the
+   booleans as 0/1) followed by a ``GradientBoostingClassifier``.
+3. Exports the whole pipeline with skl2onnx, one ONNX input per event field named as the Avro
+   field, shape ``[None, 1]``, ZipMap disabled: outputs ``label`` [N] int64 and
+   ``probabilities`` [N, 2] float32.
+4. Checks onnxruntime against ``predict_proba`` on the holdout, picks the threshold, computes
+   the holdout metrics, and writes ``models/fraud/1/{model.onnx,model.json,MODEL_CARD.md}``.
+
+Everything is seeded: two runs print the same metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import skl2onnx
+import sklearn
+from numpy.typing import NDArray
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from stream_scorer.generate import TransactionGenerator  # noqa: E402
+
+# Where the model version lives: models/<name>/<version>/.
+MODEL_NAME: Final = "fraud"
+MODEL_VERSION: Final = "1"
+OUT_DIR: Final = REPO_ROOT / "models" / MODEL_NAME / MODEL_VERSION
+
+# Seeds of the two independent generators; different so the holdout shares no draws.
+TRAIN_SEED: Final = 20260101
+HOLDOUT_SEED: Final = 20260202
+
+# Events drawn for training and for the holdout (threshold choice and metrics).
+N_TRAIN: Final = 200_000
+N_HOLDOUT: Final = 50_000
+
+# Expected share of fraud in both sets: the generator's default, the production base rate.
+FRAUD_RATE: Final = 0.01
+
+# Seed of the estimator (GradientBoostingClassifier with subsample < 1 draws rows).
+MODEL_SEED: Final = 0
+
+# Gradient boosting: enough trees for the signal, shallow enough for a few µs per row.
+HYPERPARAMETERS: Final[dict[str, Any]] = {
+    "n_estimators": 120,
+    "max_depth": 4,
+    "learning_rate": 0.1,
+    "subsample": 0.5,
+    "min_samples_leaf": 20,
+    "random_state": MODEL_SEED,
+}
+
+# Threshold rule: the lowest holdout score whose precision is at least this (most recall).
+TARGET_PRECISION: Final = 0.80
+
+# Decimals the threshold is rounded down to, so the card shows a readable number.
+THRESHOLD_DECIMALS: Final = 4
+
+# ONNX opset for the default domain; the ai.onnx.ml domain follows skl2onnx's choice.
+TARGET_OPSET: Final = 17
+
+# Tolerance for onnxruntime vs scikit-learn probabilities on the holdout.
+MAX_ABS_DIFF: Final = 1e-5
+
+# Value that stands for null in nullable numeric fields; real values are never negative.
+MISSING_FILL: Final = -1.0
+
+# Model inputs in graph order: (Avro field, kind). Kinds: "string" one-hot encoded, "number"
+# passed through, "nullable" imputed in the graph, "boolean" fed as float 0/1. Ids, names, IP,
+# device id, MCC (one-to-one with the category), currency (follows country) and event time
+# are left out on purpose.
+FEATURES: Final = (
+    ("amount", "number"),
+    ("merchant_category", "string"),
+    ("channel", "string"),
+    ("card_present", "boolean"),
+    ("country", "string"),
+    ("home_country", "string"),
+    ("distance_from_home_km", "nullable"),
+    ("txn_count_1h", "number"),
+    ("seconds_since_last_txn", "nullable"),
+    ("is_new_device", "boolean"),
+)
+
+
+def to_columns(events: list[dict[str, Any]]) -> dict[str, NDArray[Any]]:
+    """Gather the model's fields from events into one ``(n, 1)`` array per ONNX input.
+
+    Strings stay ``object`` (ONNX string tensors); numbers and booleans become float32 with
+    NaN for null. This is what the service's featurize stage must do too.
+
+    Args:
+        events: Decoded transaction events.
+
+    Returns:
+        Input name to ``(n, 1)`` array.
+    """
+    cols: dict[str, NDArray[Any]] = {}
+    for name, kind in FEATURES:
+        values = [e[name] for e in events]
+        if kind == "string":
+            cols[name] = np.array(values, dtype=object).reshape(-1, 1)
+        else:
+            arr = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float32)
+            cols[name] = arr.reshape(-1, 1)
+    return cols
+
+
+def to_matrix(cols: dict[str, NDArray[Any]]) -> NDArray[np.object_]:
+    """Stack the per-input arrays into the object matrix scikit-learn trains on.
+
+    Column ``i`` is ONNX input ``i``: skl2onnx maps integer column indices onto the inputs in
+    order, which is how the graph gets one input per field without pandas.
+
+    Args:
+        cols: Output of :func:`to_columns`.
+
+    Returns:
+        ``(n, len(FEATURES))`` object array; numbers are float32 values.
+    """
+    return np.hstack([cols[name].astype(object) for name, _ in FEATURES])
+
+
+def build_pipeline() -> Pipeline:
+    """Build the unfitted preprocessing + gradient boosting pipeline.
+
+    Returns:
+        The pipeline; column indices follow :data:`FEATURES`.
+    """
+    idx = {kind: [i for i, (_, k) in enumerate(FEATURES) if k == kind] for _, kind in FEATURES}
+    pre = ColumnTransformer(
+        [
+            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False), idx["string"]),
+            (
+                "impute",
+                SimpleImputer(strategy="constant", fill_value=MISSING_FILL),
+                idx["nullable"],
+            ),
+            ("numbers", "passthrough", idx["number"] + idx["boolean"]),
+        ],
+        sparse_threshold=0.0,
+    )
+    return Pipeline([("pre", pre), ("gbdt", GradientBoostingClassifier(**HYPERPARAMETERS))])
+
+
+def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
+    """Convert the fitted pipeline: one ``[None, 1]`` input per field, ZipMap off.
+
+    Args:
+        pipe: The fitted pipeline.
+
+    Returns:
+        The ONNX model.
+    """
+    initial_types: list[tuple[str, Any]] = [
+        (name, StringTensorType([None, 1]) if kind == "string" else FloatTensorType([None, 1]))
+        for name, kind in FEATURES
+    ]
+    model = convert_sklearn(
+        pipe,
+        name=f"{MODEL_NAME}-{MODEL_VERSION}",
+        initial_types=initial_types,
+        options={id(pipe.named_steps["gbdt"]): {"zipmap": False}},
+        target_opset={"": TARGET_OPSET, "ai.onnx.ml": 3},
+    )
+    model.doc_string = "Card fraud score; see model.json and MODEL_CARD.md next to this file."
+    sort_opsets(model)
+    return model
+
+
+def sort_opsets(model: onnx.ModelProto) -> None:
+    """Sort the model's opset imports by domain, in place.
+
+    skl2onnx emits them in set order, which follows Python's string hash seed, so the same
+    model could serialise to different bytes (and SHA-256) from run to run.
+
+    Args:
+        model: The model to fix up.
+    """
+    imports = sorted(((o.domain, o.version) for o in model.opset_import), key=lambda dv: dv[0])
+    del model.opset_import[:]
+    for domain, version in imports:
+        model.opset_import.add(domain=domain, version=version)
+
+
+def choose_threshold(y: NDArray[np.bool_], score: NDArray[np.float64]) -> float:
+    """Pick the lowest score whose holdout precision is at least :data:`TARGET_PRECISION`.
+
+    Flagging is ``score >= threshold``. The value is rounded down to
+    :data:`THRESHOLD_DECIMALS`, which can only add flags.
+
+    Args:
+        y: Ground truth.
+        score: Fraud probabilities.
+
+    Returns:
+        The threshold.
+    """
+    precision, _, thresholds = precision_recall_curve(y, score)
+    ok = np.flatnonzero(precision[:-1] >= TARGET_PRECISION)
+    if ok.size == 0:
+        msg = f"no threshold reaches precision {TARGET_PRECISION}"
+        raise RuntimeError(msg)
+    scale = 10**THRESHOLD_DECIMALS
+    return float(np.floor(thresholds[ok[0]] * scale) / scale)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The digest.
+    """
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_model_card(card: dict[str, Any], ml_opset: int, path: Path) -> None:
+    """Write the human-readable model card from the machine-readable one.
+
+    Args:
+        card: The content of model.json.
+        ml_opset: Version of the ``ai.onnx.ml`` opset the graph imports.
+        path: Where MODEL_CARD.md goes.
+    """
+    m = card["metrics"]
+    t = card["training"]
+    v = card["versions"]
+    rows = "\n".join(
+        f"| `{i['name']}` | {i['dtype']} | {i['missing']} | {_INPUT_NOTES[i['name']]} |"
+        for i in card["inputs"]
+    )
+    hyper = ", ".join(f"{k}={v!r}" for k, v in t["hyperparameters"].items())
+    text = f"""# Model card: {card["name"]} v{card["version"]}
+
+{card["description"]}
+
+## Intended use
+
+Scores card authorisations (`schemas/transaction.avsc`) in the stream-scorer service and flags
+those whose fraud probability is at or above the threshold for review. It is trained only on
+synthetic data from `stream_scorer.generate.TransactionGenerator`: use it to demonstrate and
+test the service, never to decide on real payments.
+
+## Inputs
+
+`input_layout: per_field`: one ONNX input per event field, each named exactly as the Avro
+field, shape `[N, 1]`. The encoders live in the graph, so the service only gathers columns.
+
+| input | dtype | missing | notes |
+|---|---|---|---|
+{rows}
+
+- `missing: reject`: a null is a per-event error (dead letter). `missing: nan`: pass null as
+  NaN; the graph imputes it (constant {MISSING_FILL}, a value real data never takes).
+- Booleans are fed as float32 0.0/1.0. Unknown category strings are ignored by the one-hot
+  encoders (`handle_unknown="ignore"`), not rejected.
+- Not used: ids, merchant name, MCC (one-to-one with `merchant_category`), currency (follows
+  `country`), device id, IP address and event time.
+
+## Output
+
+- `probabilities`: float32 `[N, 2]`; column {card["output"]["positive_class_index"]} is the
+  fraud probability (the score).
+- `label`: int64 `[N]`, the argmax (a 0.5 cut); not the decision: apply the threshold below to
+  the score instead.
+- ZipMap is disabled (a plain tensor, no sequence of maps).
+
+## Threshold
+
+`{card["threshold"]}`, flag when `score >= threshold`. Rule: {t["threshold_rule"]}.
+
+## Training data
+
+- Generator `{t["generator"]}`, fraud rate {t["fraud_rate"]}.
+- Train: {t["n_train"]:,} events, seed {t["train_seed"]}.
+- Holdout: {t["n_holdout"]:,} events, seed {t["holdout_seed"]} (a separate generator).
+- Estimator: `{t["estimator"]}` ({hyper}).
+
+## Holdout metrics
+
+| metric | value |
+|---|---|
+| ROC AUC | {m["holdout_auc"]:.4f} |
+| precision at threshold | {m["precision_at_threshold"]:.4f} |
+| recall at threshold | {m["recall_at_threshold"]:.4f} |
+| flagged rate | {m["flagged_rate"]:.5f} |
+| max abs diff onnxruntime vs scikit-learn | {m["onnx_vs_sklearn_max_abs_diff"]:.2e} |
+
+## Limitations
+
+- Synthetic data only: the fraud patterns are the generator's, chosen to be learnable but noisy.
+  Real fraud drifts and is adversarial.
+- The threshold is chosen on the same holdout the metrics are reported on, so precision and
+  recall at the threshold are slightly optimistic; the AUC is not affected.
+- "Foreign merchant" (`country != home_country`) is not an explicit feature: the trees learn it
+  from the two one-hot encodings and from the distance, so home countries the generator never
+  issues cards in are handled only through the distance.
+- Amounts are in the transaction currency; the model sees the currency only through `country`.
+- No calibration beyond what gradient boosting gives; probabilities are scores, not rates.
+
+## Versions
+
+scikit-learn {v["scikit-learn"]}, skl2onnx {v["skl2onnx"]}, onnx {v["onnx"]};
+ONNX opset {v["opset"]} (ai.onnx.ml {ml_opset}).
+
+`model.onnx` SHA-256: `{card["sha256"]}`.
+
+## Rebuild
+
+```
+make model        # runs .venv/bin/python models/train_fraud.py
+```
+
+The script is seeded end to end: a rerun gives the same metrics and threshold.
+"""
+    path.write_text(text, encoding="utf-8")
+
+
+# One line per input for the human-readable card.
+_INPUT_NOTES: Final = {
+    "amount": "transaction currency, as published",
+    "merchant_category": "one-hot",
+    "channel": "enum symbol, one-hot",
+    "card_present": "boolean as 0/1",
+    "country": "merchant country, one-hot",
+    "home_country": "issuing country, one-hot",
+    "distance_from_home_km": "null → NaN → imputed",
+    "txn_count_1h": "int as float",
+    "seconds_since_last_txn": "null (first authorisation) → NaN → imputed",
+    "is_new_device": "boolean as 0/1",
+}
+
+
+def main() -> None:
+    """Train, export, verify and write the model version directory."""
+    t0 = time.perf_counter()
+    train_events, y_train = TransactionGenerator(seed=TRAIN_SEED, fraud_rate=FRAUD_RATE).generate(
+        N_TRAIN
+    )
+    hold_events, y_hold = TransactionGenerator(seed=HOLDOUT_SEED, fraud_rate=FRAUD_RATE).generate(
+        N_HOLDOUT
+    )
+    train_cols = to_columns(train_events)
+    hold_cols = to_columns(hold_events)
+    print(
+        f"data: {N_TRAIN} train ({y_train.mean():.4f} fraud), {N_HOLDOUT} holdout "
+        f"({y_hold.mean():.4f} fraud) in {time.perf_counter() - t0:.1f}s"
+    )
+
+    t1 = time.perf_counter()
+    pipe = build_pipeline()
+    pipe.fit(to_matrix(train_cols), y_train)
+    print(f"fit: {time.perf_counter() - t1:.1f}s")
+
+    sk_proba = pipe.predict_proba(to_matrix(hold_cols))[:, 1]
+
+    model = export_onnx(pipe)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    onnx_path = OUT_DIR / "model.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    label, proba = sess.run(["label", "probabilities"], hold_cols)
+    score = proba[:, 1].astype(np.float64)
+    max_diff = float(np.max(np.abs(score - sk_proba)))
+    if max_diff > MAX_ABS_DIFF:
+        msg = f"onnxruntime differs from scikit-learn by {max_diff:.3g} > {MAX_ABS_DIFF}"
+        raise RuntimeError(msg)
+
+    threshold = choose_threshold(y_hold, score)
+    flagged = score >= threshold
+    tp = int(np.sum(flagged & y_hold))
+    metrics = {
+        "holdout_auc": round(float(roc_auc_score(y_hold, score)), 6),
+        "precision_at_threshold": round(tp / max(1, int(flagged.sum())), 6),
+        "recall_at_threshold": round(tp / max(1, int(y_hold.sum())), 6),
+        "flagged_rate": round(float(flagged.mean()), 6),
+        "onnx_vs_sklearn_max_abs_diff": float(f"{max_diff:.3g}"),
+    }
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    card: dict[str, Any] = {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "description": (
+            "Card-fraud probability for one authorisation: scikit-learn preprocessing "
+            "(one-hot, imputation) and gradient-boosted trees in one ONNX graph, trained on "
+            "synthetic transactions."
+        ),
+        "input_layout": "per_field",
+        "inputs": [
+            {
+                "name": name,
+                "field": name,
+                "dtype": "string" if kind == "string" else "float32",
+                "missing": "nan" if kind == "nullable" else "reject",
+            }
+            for name, kind in FEATURES
+        ],
+        "output": {"name": "probabilities", "positive_class_index": 1},
+        "threshold": threshold,
+        "training": {
+            "script": "models/train_fraud.py",
+            "generator": "stream_scorer.generate.TransactionGenerator",
+            "train_seed": TRAIN_SEED,
+            "holdout_seed": HOLDOUT_SEED,
+            "n_train": N_TRAIN,
+            "n_holdout": N_HOLDOUT,
+            "fraud_rate": FRAUD_RATE,
+            "estimator": "sklearn.ensemble.GradientBoostingClassifier",
+            "hyperparameters": HYPERPARAMETERS,
+            "threshold_rule": (
+                f"lowest holdout score with precision >= {TARGET_PRECISION} (maximum recall at "
+                f"that precision), rounded down to {THRESHOLD_DECIMALS} decimals"
+            ),
+        },
+        "metrics": metrics,
+        "versions": {
+            "scikit-learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__,
+            "onnx": onnx.__version__,
+            "opset": opset,
+        },
+        "sha256": sha256_of(onnx_path),
+    }
+    (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")
+    write_model_card(card, ml_opset, OUT_DIR / "MODEL_CARD.md")
+
+    print(f"labels agree with sklearn: {np.array_equal(label, pipe.predict(to_matrix(hold_cols)))}")
+    print(f"outputs: {[(o.name, o.shape, o.type) for o in sess.get_outputs()]}")
+    print(json.dumps({"threshold": threshold, **metrics}, indent=2))
+    print(f"model.onnx: {onnx_path.stat().st_size} bytes, sha256 {card['sha256']}")
+    print(f"total: {time.perf_counter() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
