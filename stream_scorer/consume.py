@@ -84,6 +84,7 @@ class BatchConsumer:
         max_wait_s: float,
         on_lag: LagCallback | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        on_assign: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         """Create the consumer and subscribe to ``topic``.
 
@@ -94,12 +95,14 @@ class BatchConsumer:
             max_wait_s: Longest wait to fill a batch.
             on_lag: Called with (topic, partition, lag) from librdkafka statistics.
             on_revoke: Called with the partitions being revoked or lost, before they go.
+            on_assign: Called with newly assigned partitions.
         """
         self.topic = topic
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._on_lag = on_lag
         self._on_revoke = on_revoke
+        self._on_assign = on_assign
         self.assignment: set[tuple[str, int]] = set()
         conf = dict(config)
         conf["error_cb"] = self._on_error
@@ -118,6 +121,8 @@ class BatchConsumer:
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         del consumer
         self.assignment |= {(p.topic, p.partition) for p in partitions}
+        if self._on_assign is not None:
+            self._on_assign(partitions)
         log.info(
             "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions]
         )

@@ -12,6 +12,7 @@ and the metrics URL. Ctrl-C stops it cleanly; ``--duration`` ends it by itself.
 from __future__ import annotations
 
 import collections
+import socket
 import threading
 import time
 import uuid
@@ -37,6 +38,19 @@ DEMO_PARTITIONS = 4
 WINDOW_S = 5.0
 #: Share of corrupt messages the demo producer mixes in, so dead letters show.
 DEMO_CORRUPT_RATE = 0.0005
+#: The demo's metrics port when free (the service default); otherwise any free port.
+DEMO_METRICS_PORT = 9400
+#: Longest wait for the scorer to join its group before producing anyway.
+JOIN_TIMEOUT_S = 30.0
+
+
+def _metrics_port() -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", DEMO_METRICS_PORT))
+        except OSError:
+            return 0
+    return DEMO_METRICS_PORT
 
 
 def _start_mock_cluster() -> tuple[Producer, str]:
@@ -90,7 +104,7 @@ class _LiveView:
         lat: Any = np.concatenate([r.latencies_s for r in batches]) if batches else np.empty(0)
         p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if lat.size else (np.nan, np.nan)
         return (
-            f"t={elapsed_s:5.0f}s  produced={produced:>8}  scored={events:>8}  "
+            f"t={elapsed_s:5.0f}s  produced={produced:>8}  consumed={events:>8}  "
             f"events/s={rate:>7.0f}  batch={size:>6.1f}  p50={p50:5.1f}ms  p99={p99:5.1f}ms  "
             f"alerts={alerts:>6}  dead letters={dead:>4}  metrics={metrics_url}/metrics"
         )
@@ -120,10 +134,16 @@ def run_demo(
                       "group_id": f"stream-scorer-demo-{uuid.uuid4().hex[:8]}"},
             "schema": {"wire_format": "confluent", "registry_url": registry.url},
             "log": {"level": "error"},
+            "metrics": {"port": _metrics_port()},
         },
     )  # fmt: skip
     if owner is None:
         _create_topics(settings)
+    else:
+        # The mock cluster has no admin API; it creates a topic when a producer asks for its
+        # metadata (4 partitions). Doing it now spares the consumer a metadata refresh cycle.
+        for topic in (settings.topics.input, settings.topics.alerts, settings.topics.dead_letter):
+            owner.list_topics(topic, timeout=10)
     view = _LiveView()
     runner = Runner(settings, on_batch=view.on_batch)
     stop = threading.Event()
@@ -142,6 +162,9 @@ def run_demo(
         target=lambda: code.__setitem__(0, runner.run()), name="scorer", daemon=True
     )
     scorer.start()
+    # Produce once the scorer has joined its group, so the view shows steady state rather
+    # than the backlog of the first seconds.
+    runner.assigned.wait(JOIN_TIMEOUT_S)
     producer.start()
     start = time.monotonic()
     out.write(
@@ -166,7 +189,7 @@ def run_demo(
     scorer.join(timeout=60)
     registry.close()
     out.write(
-        f"Stopped: {view.events} events scored, {view.alerts} alerts, "
+        f"Stopped: {view.events} events consumed, {view.alerts} alerts, "
         f"{view.dead_letters} dead letters, exit code {code[0]}.\n"
     )
     del owner  # the mock cluster goes away with its owner

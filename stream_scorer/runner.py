@@ -79,6 +79,8 @@ class Runner:
         self._metrics_registry = registry
         self._on_batch = on_batch
         self._stop = threading.Event()
+        #: Set once the consumer has been assigned its first partitions.
+        self.assigned = threading.Event()
         self.totals = Totals()
         self.reader = load_schema(settings.schema_.reader, "schema.reader")
         self.model = load_model(settings, self.reader)
@@ -150,6 +152,7 @@ class Runner:
             settings.batch.max_size,
             settings.batch.max_wait_ms / 1000.0,
             on_lag=self.metrics.set_lag,
+            on_assign=lambda partitions: partitions and self.assigned.set(),
         )
         pipeline = Pipeline(
             decoder,
