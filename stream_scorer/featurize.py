@@ -72,6 +72,9 @@ class FeatureBuilder:
                     )
             for i in nulls:
                 values[i] = np.nan if binding.dtype != "int64" else 0
+        if binding.dtype == "int64":
+            # Not through float64: longs above 2**53 must stay exact.
+            return np.asarray(values, dtype=np.int64)
         column = np.asarray(values, dtype=np.float64)
         if binding.missing == "reject":
             for i in np.flatnonzero(np.isnan(column)).tolist():

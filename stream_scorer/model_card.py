@@ -104,8 +104,11 @@ class ModelCard:
             msg = f"model card {card_file} is not valid JSON: {exc}"
             raise ConfigurationError(msg) from exc
         try:
+            if not isinstance(raw, dict):
+                msg = f"expected a JSON object, got {type(raw).__name__}"
+                raise TypeError(msg)
             return cls._from_raw(folder, raw)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             msg = f"model card {card_file}: {exc}"
             raise ConfigurationError(msg) from exc
 

@@ -79,11 +79,20 @@ class SchemaRegistryClient:
         if cached is not None:
             return cached
         answer = self._request("GET", f"/schemas/ids/{schema_id}")
-        schema_type = answer.get("schemaType", "AVRO")
+        try:
+            schema_type = answer.get("schemaType", "AVRO")
+            text = answer["schema"]
+        except (AttributeError, KeyError, TypeError) as exc:
+            msg = f"registry {self.url} answered {answer!r:.200} for schema id {schema_id}"
+            raise RegistryError(msg) from exc
         if schema_type != "AVRO":
             msg = f"schema id {schema_id} is {schema_type}, not AVRO"
             raise SchemaNotFoundError(msg)
-        schema: dict[str, Any] = json.loads(answer["schema"])
+        try:
+            schema: dict[str, Any] = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            msg = f"registry {self.url}: schema id {schema_id} is not JSON: {exc}"
+            raise RegistryError(msg) from exc
         with self._lock:
             self._by_id[schema_id] = schema
         return schema

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -252,7 +260,13 @@ class Settings(BaseSettings):
     """Cluster connection and librdkafka passthrough."""
     topics: TopicSettings = Field(default_factory=TopicSettings)
     """Input, alert and dead-letter topics."""
-    schema_: SchemaSettings = Field(default_factory=SchemaSettings, alias="schema")
+    # ``schema`` would shadow a BaseModel attribute: the field is ``schema_``, read as
+    # ``schema`` from the file and as STREAM_SCORER_SCHEMA__* from the environment.
+    schema_: SchemaSettings = Field(
+        default_factory=SchemaSettings,
+        validation_alias=AliasChoices("schema", f"{ENV_PREFIX.lower()}schema"),
+        serialization_alias="schema",
+    )
     """Schemas and wire format."""
     model: ModelSettings = Field(default_factory=ModelSettings)
     """Model folder and runtime options."""
@@ -281,7 +295,7 @@ class Settings(BaseSettings):
 
 def _check_env_keys(environ: Mapping[str, str]) -> None:
     """Refuse ``STREAM_SCORER_*`` variables that name no section: a typo must not pass."""
-    sections = {name if f.alias is None else f.alias for name, f in Settings.model_fields.items()}
+    sections = {f.serialization_alias or name for name, f in Settings.model_fields.items()}
     for name in environ:
         if not name.upper().startswith(ENV_PREFIX):
             continue

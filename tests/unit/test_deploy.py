@@ -43,7 +43,7 @@ def _sections() -> dict[str, type[BaseModel]]:
         model = field.annotation
         assert isinstance(model, type)
         assert issubclass(model, BaseModel)
-        sections[field.alias or name] = model
+        sections[field.serialization_alias or name] = model
     return sections
 
 
@@ -190,7 +190,11 @@ def test_compose_environment_names_real_settings(
 
     for name, value in overrides.items():
         section, key = _settings_key(name)
-        field = next(f for f, info in Settings.model_fields.items() if (info.alias or f) == section)
+        field = next(
+            f
+            for f, info in Settings.model_fields.items()
+            if (info.serialization_alias or f) == section
+        )
         assert str(getattr(getattr(settings, field), key)) == value, name
 
 

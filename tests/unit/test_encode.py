@@ -1,0 +1,162 @@
+"""Stage 6, encode: alert values that decode against alert.avsc, source key, lineage headers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+import pytest
+
+from stream_scorer.decode import WireFormat, frame_body
+from stream_scorer.encode import AlertEncoder, event_time_ms
+from stream_scorer.records import Scored, SourceRecord
+
+MakeRecord = Callable[..., SourceRecord]
+EVENT_TIME = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.UTC)
+EVENT_TIME_MS = 1_772_600_767_890
+
+
+def _scored(source: SourceRecord, event: dict[str, Any]) -> Scored:
+    return Scored(
+        source=source,
+        event=event,
+        score=0.875,
+        decision="FLAG",
+        threshold=0.7617,
+        model_name="fraud",
+        model_version="1",
+        scored_time_ms=1_772_600_768_000,
+    )
+
+
+def _decode(alert_schema: dict[str, Any], value: bytes) -> dict[str, Any]:
+    decoded: dict[str, Any] = fastavro.schemaless_reader(
+        io.BytesIO(value), fastavro.parse_schema(alert_schema), None
+    )
+    return decoded
+
+
+@pytest.mark.parametrize("wire_format", ["confluent", "plain", "single-object"])
+def test_alert_value_decodes_against_alert_schema(
+    wire_format: WireFormat, alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """After the frame header, the value is an Alert with the event's id, score and lineage."""
+    header = frame_body(wire_format, b"", schema_id=42, schema=alert_schema)
+    encoder = AlertEncoder(alert_schema, header, "9.9.9")
+    source = make_record(b"ignored", offset=1234, partition=5, key=b"card-77")
+    event = {"transaction_id": "txn-abc", "event_time": EVENT_TIME, "amount": 1.0}
+
+    key, value, _ = encoder.encode(_scored(source, event))
+
+    assert key == b"card-77"
+    assert value[: len(header)] == header
+    alert = _decode(alert_schema, value[len(header) :])
+    assert alert == {
+        "event_id": "txn-abc",
+        "key": "card-77",
+        "score": 0.875,
+        "decision": "FLAG",
+        "threshold": 0.7617,
+        "model_name": "fraud",
+        "model_version": "1",
+        "event_time": EVENT_TIME,
+        "scored_time": dt.datetime(2026, 3, 4, 5, 6, 8, tzinfo=dt.UTC),
+        "source_topic": "transactions",
+        "source_partition": 5,
+        "source_offset": 1234,
+    }
+
+
+def test_alert_fields_hold_event_time_in_epoch_millis(
+    alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """event_time in the alert record is epoch milliseconds of the event's datetime."""
+    encoder = AlertEncoder(alert_schema, b"", "1.0")
+    fields = encoder.alert_fields(
+        _scored(make_record(b""), {"transaction_id": "t", "event_time": EVENT_TIME})
+    )
+
+    assert fields["event_time"] == EVENT_TIME_MS
+
+
+def test_key_is_the_source_key_untouched(
+    alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """A key that is not UTF-8 is passed through byte for byte as the message key."""
+    raw_key = b"\xff\x00card"
+    encoder = AlertEncoder(alert_schema, b"", "1.0")
+
+    key, value, _ = encoder.encode(_scored(make_record(b"", key=raw_key), {"transaction_id": "t"}))
+
+    assert key == raw_key
+    assert _decode(alert_schema, value)["key"] == raw_key.decode("utf-8", errors="replace")
+
+
+def test_null_key_gives_null_alert_key(
+    alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """A record without a key gives an alert without a key, in the message and the value."""
+    encoder = AlertEncoder(alert_schema, b"", "1.0")
+
+    key, value, _ = encoder.encode(_scored(make_record(b"", key=None), {"transaction_id": "t"}))
+
+    assert key is None
+    assert _decode(alert_schema, value)["key"] is None
+
+
+def test_lineage_headers(alert_schema: dict[str, Any], make_record: MakeRecord) -> None:
+    """Headers name the source topic, partition, offset, the model and the scorer version."""
+    encoder = AlertEncoder(alert_schema, b"", "2.3.4")
+    source = make_record(b"", offset=99, partition=7, topic="txns")
+
+    _, _, headers = encoder.encode(_scored(source, {"transaction_id": "t"}))
+
+    assert headers == [
+        ("source.topic", b"txns"),
+        ("source.partition", b"7"),
+        ("source.offset", b"99"),
+        ("model.name", b"fraud"),
+        ("model.version", b"1"),
+        ("scorer.version", b"2.3.4"),
+    ]
+
+
+def test_missing_id_and_time_fall_back_to_coordinates_and_record_timestamp(
+    alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """Without transaction_id and event_time, the alert uses the coordinates and broker time."""
+    encoder = AlertEncoder(alert_schema, b"", "1.0")
+    source = make_record(b"", offset=3, partition=1, timestamp_ms=EVENT_TIME_MS)
+
+    fields = encoder.alert_fields(_scored(source, {}))
+
+    assert fields["event_id"] == "transactions[1]@3"
+    assert fields["event_time"] == EVENT_TIME_MS
+
+
+def test_custom_id_and_time_fields(alert_schema: dict[str, Any], make_record: MakeRecord) -> None:
+    """The encoder reads the event id and time from the fields it was configured with."""
+    encoder = AlertEncoder(alert_schema, b"", "1.0", event_id_field="id", event_time_field="ts")
+
+    fields = encoder.alert_fields(_scored(make_record(b""), {"id": 17, "ts": 5000}))
+
+    assert (fields["event_id"], fields["event_time"]) == ("17", 5000)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.UTC), 1000),
+        (EVENT_TIME, EVENT_TIME_MS),
+        (1_700_000_000_123, 1_700_000_000_123),
+        (None, -1),
+        ("2026-01-01", -1),
+    ],
+    ids=["datetime-epoch", "datetime", "int-millis", "none-fallback", "string-fallback"],
+)
+def test_event_time_ms(value: Any, expected: int) -> None:
+    """Datetimes become epoch millis, ints pass through, anything else takes the fallback."""
+    assert event_time_ms(value, -1) == expected
