@@ -99,6 +99,10 @@ class Runner:
         log.info("stop_requested", signal=signal.Signals(signum).name)
         self.stop()
 
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self.assigned.set()
+
     def _on_kafka_error(self, error: KafkaError) -> None:
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self.health.set_ready(False, f"kafka unreachable: {error.str()}")
@@ -152,7 +156,7 @@ class Runner:
             settings.batch.max_size,
             settings.batch.max_wait_ms / 1000.0,
             on_lag=self.metrics.set_lag,
-            on_assign=lambda partitions: partitions and self.assigned.set(),
+            on_assign=self._on_assign,
         )
         pipeline = Pipeline(
             decoder,
