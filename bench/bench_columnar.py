@@ -18,7 +18,7 @@ from typing import Any
 import fastavro
 import numpy as np
 
-from stream_scorer.columnar import ColumnarDecoder
+from stream_scorer.decode.columnar import ColumnarDecoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "schemas" / "transaction.avsc").read_text())

@@ -1,15 +1,15 @@
-"""Stage 3: decoded events → the model's input arrays, bound by name.
+"""Stage 3: decoded columns → the model's input arrays, bound by name.
 
-In: the batch's :class:`Event` values. Out: one numpy array per ONNX input (``[N, 1]`` per field
-for ``per_field`` models, ``[N, F]`` for ``tensor`` models), the events that made it, and
-:class:`Rejected` for events the model cannot take: a null or NaN where the model card says
-``missing: reject``. A null where the card says ``missing: nan`` is passed as NaN for the graph's
-own imputer. Nothing is ever filled silently. No side effects.
+In: a :class:`DecodedBatch` whose columns are the fields the model card binds. Out: one numpy
+array per ONNX input (``[N, 1]`` per field for ``per_field`` models, ``[N, F]`` for ``tensor``
+models), the batch rows they hold, and :class:`Rejected` for events the model cannot take: a
+null or NaN where the model card says ``missing: reject``. A null where the card says
+``missing: nan`` is passed as NaN for the graph's own imputer. Nothing is ever filled silently.
+Whole-array numpy work only: no per-event Python on numeric fields. No side effects.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_scorer.model_card import FieldBinding, ModelCard
-from stream_scorer.records import Event, Rejected
+from stream_scorer.records import DecodedBatch, Event, FieldColumn, Rejected
 
 __all__ = ["FeatureBuilder", "ModelInputs"]
 
@@ -30,19 +30,6 @@ NUMPY_DTYPES: dict[str, Any] = {
     "int64": np.int64,
     "string": object,
 }
-#: The Unix epoch, for timestamp fields decoded as datetimes.
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: One millisecond, the unit timestamps are fed to models in.
-ONE_MS = dt.timedelta(milliseconds=1)
-
-
-def _plain(value: Any) -> Any:
-    """Datetimes (timestamp logical types) as epoch milliseconds, dates as days."""
-    if isinstance(value, dt.datetime):
-        return (value - EPOCH) // ONE_MS
-    if isinstance(value, dt.date):
-        return (value - EPOCH.date()).days
-    return value
 
 
 class FeatureBuilder:
@@ -54,57 +41,82 @@ class FeatureBuilder:
         self._inputs: dict[str, list[FieldBinding]] = {}
         for binding in card.bindings:
             self._inputs.setdefault(binding.input, []).append(binding)
+        #: The event fields the model reads, in binding order (what decode must deliver).
+        self.fields: tuple[str, ...] = tuple(dict.fromkeys(b.field for b in card.bindings))
 
+    @staticmethod
     def _column(
-        self, events: Sequence[Event], binding: FieldBinding, bad: dict[int, str]
+        column: FieldColumn, binding: FieldBinding, bad: NDArray[np.bool_], reasons: list[Any]
     ) -> NDArray[Any]:
-        values = [_plain(event.fields.get(binding.field)) for event in events]
-        nulls = [i for i, value in enumerate(values) if value is None]
+        null = column.null
         if binding.dtype == "string":
-            for i in nulls:
-                bad.setdefault(i, f"field {binding.field!r} is null; model input {binding.input!r}")
-            return np.array(["" if v is None else str(v) for v in values], dtype=object)
-        if nulls:
-            if binding.missing == "reject":
-                for i in nulls:
-                    bad.setdefault(
-                        i, f"field {binding.field!r} is null; model input {binding.input!r}"
-                    )
-            for i in nulls:
-                values[i] = np.nan if binding.dtype != "int64" else 0
+            values = column.to_objects()
+            if null is not None and null.any():
+                _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
+                      f"{binding.input!r}")  # fmt: skip
+                values = values.copy()  # the column may hand out its own array
+                values[null] = ""
+            return values
         if binding.dtype == "int64":
             # Not through float64: longs above 2**53 must stay exact.
-            return np.asarray(values, dtype=np.int64)
-        column = np.asarray(values, dtype=np.float64)
+            if null is not None and null.any():
+                _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
+                      f"{binding.input!r}")  # fmt: skip
+            return column.to_numpy(np.int64, fill=0)
+        values = column.to_numpy(NUMPY_DTYPES[binding.dtype])
         if binding.missing == "reject":
-            for i in np.flatnonzero(np.isnan(column)).tolist():
-                bad.setdefault(i, f"field {binding.field!r} is NaN; model input {binding.input!r}")
-        return column.astype(NUMPY_DTYPES[binding.dtype], copy=False)
+            if null is not None and null.any():
+                _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
+                      f"{binding.input!r}")  # fmt: skip
+            nan = np.isnan(values)
+            if nan.any():
+                _mark(bad, reasons, nan, f"field {binding.field!r} is NaN; model input "
+                      f"{binding.input!r}")  # fmt: skip
+        return values
 
-    def build_inputs(
-        self, events: Sequence[Event]
-    ) -> tuple[ModelInputs, list[Event], list[Rejected]]:
-        """Build the model inputs for ``events``.
+    def build_batch_inputs(
+        self, batch: DecodedBatch
+    ) -> tuple[ModelInputs, NDArray[np.intp], list[Rejected]]:
+        """Build the model inputs for a decoded batch.
 
         Returns:
-            The inputs by ONNX input name (rows of rejected events removed), the events they
-            hold in row order, and the rejected events.
+            The inputs by ONNX input name (rows of rejected events removed), the batch rows
+            they hold, in order, and the rejected events.
         """
-        bad: dict[int, str] = {}
+        n = len(batch.records)
+        bad = np.zeros(n, dtype=bool)
+        reasons: list[Any] = [None] * n
         inputs: ModelInputs = {}
         for name, bindings in self._inputs.items():
-            columns = [self._column(events, binding, bad) for binding in bindings]
+            columns = [self._column(batch.columns[b.field], b, bad, reasons) for b in bindings]
             if self.card.input_layout == "tensor":
                 inputs[name] = np.stack(columns, axis=1)
             else:
                 inputs[name] = columns[0].reshape(-1, 1)
-        if not bad:
-            return inputs, list(events), []
-        keep = np.ones(len(events), dtype=bool)
-        keep[list(bad)] = False
+        if not bad.any():
+            return inputs, np.arange(n), []
         rejected = [
-            Rejected(events[i].source, "featurize", "FeatureError", reason)
-            for i, reason in sorted(bad.items())
+            Rejected(batch.records[i], "featurize", "FeatureError", reasons[i])
+            for i in np.flatnonzero(bad).tolist()
         ]
-        kept = [event for event, ok in zip(events, keep, strict=True) if ok]
-        return {name: array[keep] for name, array in inputs.items()}, kept, rejected
+        keep = ~bad
+        return {k: v[keep] for k, v in inputs.items()}, np.flatnonzero(keep), rejected
+
+    def build_inputs(
+        self, events: Sequence[Event]
+    ) -> tuple[ModelInputs, list[Event], list[Rejected]]:
+        """Build the model inputs for already decoded events (offline scoring, tests).
+
+        Returns:
+            The inputs, the events they hold in row order, and the rejected events.
+        """
+        batch = DecodedBatch.from_events(events, self.fields)
+        inputs, rows, rejected = self.build_batch_inputs(batch)
+        return inputs, [events[i] for i in rows.tolist()], rejected
+
+
+def _mark(bad: NDArray[np.bool_], reasons: list[Any], rows: NDArray[np.bool_], reason: str) -> None:
+    """Flag ``rows`` as unusable, keeping the first reason found for each."""
+    for i in np.flatnonzero(rows & ~bad).tolist():
+        reasons[i] = reason
+    bad |= rows

@@ -46,18 +46,20 @@ def flag_events(
         )
         for i in np.flatnonzero(~valid).tolist()
     ]
-    flagged = [
-        Scored(
-            source=events[i].source,
-            event=events[i].fields,
-            score=float(scores[i]),
-            decision=FLAG,
-            threshold=threshold,
-            model_name=model_name,
-            model_version=model_version,
-            scored_time_ms=scored_time_ms,
+    flagged = []
+    for i in flagged_rows.tolist():
+        event = events[i]  # once: a lazily decoded event costs a whole-record decode
+        flagged.append(
+            Scored(
+                source=event.source,
+                event=event.fields,
+                score=float(scores[i]),
+                decision=FLAG,
+                threshold=threshold,
+                model_name=model_name,
+                model_version=model_version,
+                scored_time_ms=scored_time_ms,
+            )
         )
-        for i in flagged_rows.tolist()
-    ]
     unflagged = len(events) - len(flagged) - len(rejected)
     return flagged, unflagged, rejected

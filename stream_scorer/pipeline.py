@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import structlog
@@ -29,7 +29,7 @@ from stream_scorer.errors import ModelError
 from stream_scorer.featurize import FeatureBuilder, ModelInputs
 from stream_scorer.flag import flag_events
 from stream_scorer.metrics import ScorerMetrics
-from stream_scorer.records import Header, Rejected, Scored, SourceRecord
+from stream_scorer.records import DecodedBatch, Event, Header, Rejected, Scored, SourceRecord
 from stream_scorer.score import Scorer
 
 __all__ = ["BatchResult", "LoadedModel", "Pipeline", "Sink"]
@@ -93,6 +93,35 @@ class BatchResult:
 
 def _take(inputs: ModelInputs, rows: NDArray[np.intp]) -> ModelInputs:
     return {name: array[rows] for name, array in inputs.items()}
+
+
+class _ScoredRows(Sequence[Event]):
+    """The events behind the model's rows; each is decoded whole only when touched (flagged
+    or dead-lettered), which is the point of decoding columns first."""
+
+    def __init__(self, batch: DecodedBatch, rows: NDArray[np.intp]) -> None:
+        self._batch = batch
+        self._rows: list[int] = rows.tolist()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Event]: ...
+    def __getitem__(self, index: int | slice) -> Event | Sequence[Event]:
+        if isinstance(index, slice):
+            return [self._batch.event_at(row) for row in self._rows[index]]
+        return self._batch.event_at(self._rows[index])
+
+    def source(self, index: int) -> SourceRecord:
+        """The source record of row ``index``, without decoding the event."""
+        return self._batch.records[self._rows[index]]
+
+    def without(self, rows: NDArray[np.bool_]) -> _ScoredRows:
+        """The same view minus the rows where ``rows`` is False."""
+        return _ScoredRows(self._batch, np.asarray(self._rows, dtype=np.intp)[rows])
 
 
 class Pipeline:
@@ -172,11 +201,13 @@ class Pipeline:
         stage_s = result.stage_s
         tick = time.perf_counter()
 
-        events, rejected = self._decoder.decode_batch(records)
+        batch = self._decoder.decode(records, model.features.fields)
+        rejected = list(batch.rejected)
         tock = time.perf_counter()
         stage_s["decode"], tick = tock - tick, tock
 
-        inputs, events, feature_rejects = model.features.build_inputs(events)
+        inputs, rows, feature_rejects = model.features.build_batch_inputs(batch)
+        events = _ScoredRows(batch, rows)
         rejected.extend(feature_rejects)
         tock = time.perf_counter()
         stage_s["featurize"], tick = tock - tick, tock
@@ -187,12 +218,12 @@ class Pipeline:
 
         if model_bad:
             rejected.extend(
-                Rejected(events[i].source, "score", "ModelError", reason)
+                Rejected(events.source(i), "score", "ModelError", reason)
                 for i, reason in sorted(model_bad.items())
             )
             keep = np.ones(len(events), dtype=bool)
             keep[list(model_bad)] = False
-            events = [e for e, ok in zip(events, keep, strict=True) if ok]
+            events = events.without(keep)
             scores = scores[keep]
         flagged, unflagged, score_rejects = flag_events(
             events, scores, model.threshold, model.name, model.version, self._clock_ms()

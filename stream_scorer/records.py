@@ -6,10 +6,25 @@ alert or a dead letter can always name the topic, partition and offset of its or
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Event", "Header", "Rejected", "Scored", "SourceRecord", "Stage"]
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+__all__ = [
+    "DecodedBatch",
+    "Event",
+    "FieldColumn",
+    "Header",
+    "Rejected",
+    "Scored",
+    "SourceRecord",
+    "Stage",
+    "ValuesColumn",
+]
 
 Header = tuple[str, bytes | None]
 
@@ -68,3 +83,102 @@ class Scored:
     model_name: str
     model_version: str
     scored_time_ms: int = field(default=0)
+
+
+class FieldColumn(Protocol):
+    """One event field across a batch, as the decoder hands it to featurize."""
+
+    @property
+    def null(self) -> NDArray[np.bool_] | None:
+        """Per-row null mask, or None when the field cannot be null."""
+        ...
+
+    def __len__(self) -> int:
+        """Rows."""
+        ...
+
+    def to_numpy(self, dtype: DTypeLike = np.float32, fill: float | None = None) -> NDArray[Any]:
+        """Values as ``dtype``; nulls become ``fill`` (NaN for float dtypes)."""
+        ...
+
+    def to_objects(self) -> NDArray[np.object_]:
+        """Python values (``str`` for strings and enum symbols), ``None`` for nulls."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ValuesColumn:
+    """A :class:`FieldColumn` over Python values (from fastavro dicts or offline events)."""
+
+    values: list[Any]
+    null: NDArray[np.bool_] | None = None
+
+    @classmethod
+    def of(cls, values: list[Any]) -> ValuesColumn:
+        """Wrap ``values``; ``None`` entries are nulls."""
+        nulls = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+        return cls(values, nulls if nulls.any() else None)
+
+    def __len__(self) -> int:
+        """Rows."""
+        return len(self.values)
+
+    def to_numpy(self, dtype: DTypeLike = np.float32, fill: float | None = None) -> NDArray[Any]:
+        """Values as ``dtype``; nulls become ``fill`` (NaN for float dtypes, else 0)."""
+        if np.dtype(dtype) == np.dtype(object):
+            return self.to_objects()
+        values = self.values
+        if self.null is not None:
+            if fill is None:
+                fill = float("nan") if np.dtype(dtype).kind == "f" else 0
+            values = [fill if v is None else v for v in values]
+        return np.asarray(values, dtype=dtype)
+
+    def to_objects(self) -> NDArray[np.object_]:
+        """The values as an object array."""
+        out = np.empty(len(self.values), dtype=object)
+        out[:] = self.values
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """What decode hands on: the good records, the bound fields as columns, the rejects.
+
+    Row ``i`` of every column belongs to ``records[i]``. Whole events are decoded only on
+    demand (:attr:`event_at`), for the few that are flagged or dead-lettered later.
+    """
+
+    records: Sequence[SourceRecord]
+    columns: Mapping[str, FieldColumn]
+    rejected: list[Rejected]
+    #: The full event of row ``i`` (all reader-schema fields), decoded when asked.
+    event_at: Callable[[int], Event]
+
+    @classmethod
+    def from_events(
+        cls, events: Sequence[Event], fields: Sequence[str], rejected: list[Rejected] | None = None
+    ) -> DecodedBatch:
+        """Columns gathered from already decoded events (fastavro dicts, offline input)."""
+        columns = {
+            name: ValuesColumn.of(_plain([event.fields.get(name) for event in events]))
+            for name in fields
+        }
+        return cls([e.source for e in events], columns, rejected or [], events.__getitem__)
+
+
+#: The Unix epoch, for timestamp fields decoded as datetimes.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: One millisecond: timestamps reach models as epoch milliseconds, as the columnar decoder
+#: gives timestamp-millis.
+ONE_MS = dt.timedelta(milliseconds=1)
+
+
+def _plain(values: list[Any]) -> list[Any]:
+    """fastavro's datetimes as epoch milliseconds and dates as epoch days, like the columns."""
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, dt.datetime):
+        return [None if v is None else (v - EPOCH) // ONE_MS for v in values]
+    if isinstance(first, dt.date):
+        return [None if v is None else (v - EPOCH.date()).days for v in values]
+    return values

@@ -163,6 +163,9 @@ class SchemaSettings(_Section):
     """``confluent``: magic byte 0 + 4-byte schema id, writer schema from the registry.
     ``plain``: bare Avro written with ``writer``. ``single-object``: C3 01 + 8-byte
     CRC-64-AVRO fingerprint of one of ``writers``."""
+    decoder: Literal["columnar", "record"] = "columnar"
+    """``columnar``: decode only the fields the model binds, a whole batch at a time, with
+    numpy (fast). ``record``: decode every event whole with fastavro (the reference)."""
     writers: tuple[Path, ...] = ()
     """Known writer schemas for ``plain`` (exactly one; defaults to ``reader``) and
     ``single-object`` (looked up by fingerprint; ``reader`` is always included)."""

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_scorer.columnar import (
+from stream_scorer.decode.columnar import (
     MAX_ZERO_BYTE_ITEMS,
     BytesColumn,
     ColumnarDecoder,

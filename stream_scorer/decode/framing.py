@@ -1,42 +1,40 @@
-"""Stage 2: raw Kafka values → decoded events, or rejects.
+"""Wire formats: split a Kafka value into (writer schema, Avro body), or reject it.
 
-In: :class:`SourceRecord` values in one of three named wire formats:
+Three named framings, chosen in settings (``schema.wire_format``):
 
 * ``confluent``: magic byte ``0``, 4-byte big-endian schema id, Avro body. The writer schema is
-  fetched from the Schema Registry once per id and resolved against the reader schema.
+  fetched from the Schema Registry once per id.
 * ``plain``: a bare Avro body written with one configured writer schema.
 * ``single-object``: Avro single-object encoding, ``C3 01`` + the writer schema's 8-byte
   little-endian CRC-64-AVRO fingerprint + body; writers are known by fingerprint.
 
-Out: :class:`Event` (reader-schema fields by name) for each good record, :class:`Rejected` for
-each bad one: no value, wrong magic byte, unknown schema id or fingerprint, a writer schema that
-cannot be resolved against the reader, truncated or garbage bodies, trailing bytes. A bad record
-never unwinds the batch. An unreachable registry is infrastructure, not a bad record: it raises
+A value with the wrong header, an unknown schema id or an unknown fingerprint is a
+:class:`~stream_scorer.errors.DecodeError`; an unreachable registry is a
 :class:`~stream_scorer.errors.FatalError`.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import fastavro
 import fastavro.schema
-from fastavro.read import SchemaResolutionError
 
 from stream_scorer.errors import DecodeError, FatalError
-from stream_scorer.records import Event, Rejected, SourceRecord
 from stream_scorer.registry import RegistryError, SchemaNotFoundError
 
 __all__ = [
+    "CONFLUENT_HEADER_LEN",
     "CONFLUENT_MAGIC",
+    "SINGLE_OBJECT_HEADER_LEN",
     "SINGLE_OBJECT_MAGIC",
-    "AvroDecoder",
-    "Decoder",
+    "Framing",
     "SchemaSource",
     "WireFormat",
+    "Writer",
     "fingerprint",
     "frame_body",
 ]
@@ -51,17 +49,8 @@ CONFLUENT_HEADER_LEN = 5
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 #: Length of the single-object header: marker + 8-byte little-endian fingerprint.
 SINGLE_OBJECT_HEADER_LEN = 10
-#: Errors fastavro raises on bytes that do not fit the schema; anything else is a bug.
-AVRO_BODY_ERRORS = (
-    EOFError,
-    ValueError,
-    IndexError,
-    KeyError,
-    OverflowError,
-    UnicodeDecodeError,
-    struct.error,
-    SchemaResolutionError,
-)
+#: Id of the one writer of the ``plain`` format.
+PLAIN_WRITER_ID = 0
 
 
 class SchemaSource(Protocol):
@@ -72,12 +61,13 @@ class SchemaSource(Protocol):
         ...
 
 
-class Decoder(Protocol):
-    """Turns one micro-batch of records into events and rejects."""
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """A writer schema as the header names it: its id, the raw JSON and fastavro's parse."""
 
-    def decode_batch(self, records: Sequence[SourceRecord]) -> tuple[list[Event], list[Rejected]]:
-        """Decode every record; never raise for a bad record."""
-        ...
+    id: int
+    schema: Mapping[str, Any]
+    parsed: Any
 
 
 def fingerprint(schema: Mapping[str, Any]) -> int:
@@ -92,7 +82,7 @@ def frame_body(
     schema_id: int = 0,
     schema: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """Frame an Avro body in ``wire_format`` (the inverse of the decoder's header parsing).
+    """Frame an Avro body in ``wire_format`` (the inverse of :meth:`Framing.split`).
 
     Args:
         wire_format: Which framing to apply.
@@ -110,8 +100,16 @@ def frame_body(
     return body
 
 
-class AvroDecoder:
-    """Decodes Avro events in one wire format against one reader schema, with fastavro."""
+def _parse(schema: Mapping[str, Any], what: str) -> Any:
+    try:
+        return fastavro.parse_schema(dict(schema))
+    except (fastavro.schema.SchemaParseException, ValueError, KeyError, TypeError) as exc:
+        msg = f"{what} is not a valid Avro schema: {exc}"
+        raise DecodeError(msg) from exc
+
+
+class Framing:
+    """Parses headers of one wire format and finds the writer schema each value names."""
 
     def __init__(
         self,
@@ -120,7 +118,7 @@ class AvroDecoder:
         writer_schemas: Sequence[Mapping[str, Any]] = (),
         registry: SchemaSource | None = None,
     ) -> None:
-        """Parse the schemas once.
+        """Prepare the known writers.
 
         Args:
             reader_schema: The schema events are read as.
@@ -130,33 +128,50 @@ class AvroDecoder:
             registry: Resolves schema ids, for ``confluent``.
 
         Raises:
-            ValueError: ``confluent`` without a registry, or a writer that cannot be parsed.
+            ValueError: ``confluent`` without a registry.
         """
         if wire_format == "confluent" and registry is None:
             msg = "the confluent wire format needs a schema registry"
             raise ValueError(msg)
         self.wire_format: WireFormat = wire_format
-        self._reader = fastavro.parse_schema(dict(reader_schema))
         self._registry = registry
-        # Writer schemas keyed by what the header names: registry id or fingerprint.
-        self._writers: dict[int, Any] = {}
-        self._plain_writer: Any = None
+        # Writers keyed by what the header names: registry id, fingerprint, or 0 for plain.
+        self._writers: dict[int, Writer] = {}
         if wire_format == "plain":
-            writer = writer_schemas[0] if writer_schemas else reader_schema
-            self._plain_writer = fastavro.parse_schema(dict(writer))
+            schema = writer_schemas[0] if writer_schemas else reader_schema
+            self._writers[PLAIN_WRITER_ID] = Writer(
+                PLAIN_WRITER_ID, schema, _parse(schema, "writer")
+            )
         elif wire_format == "single-object":
             for schema in (reader_schema, *writer_schemas):
-                self._writers[fingerprint(schema)] = fastavro.parse_schema(dict(schema))
-        self._split: Callable[[bytes], tuple[int, Any, int]] = {
+                print_ = fingerprint(schema)
+                self._writers[print_] = Writer(print_, schema, _parse(schema, "writer"))
+        #: Bytes of header before every Avro body in this wire format.
+        self.header_len = {
+            "confluent": CONFLUENT_HEADER_LEN,
+            "plain": 0,
+            "single-object": SINGLE_OBJECT_HEADER_LEN,
+        }[wire_format]
+        self.split: Callable[[bytes | None], tuple[Writer, int]] = {
             "confluent": self._split_confluent,
             "plain": self._split_plain,
             "single-object": self._split_single_object,
         }[wire_format]
+        """``split(value) -> (writer, body_start)``; raises DecodeError or FatalError."""
 
-    def _split_plain(self, value: bytes) -> tuple[int, Any, int]:
-        return 0, self._plain_writer, 0
+    @staticmethod
+    def _present(value: bytes | None) -> bytes:
+        if value is None:
+            msg = "record has no value (tombstone)"
+            raise DecodeError(msg)
+        return value
 
-    def _split_confluent(self, value: bytes) -> tuple[int, Any, int]:
+    def _split_plain(self, value: bytes | None) -> tuple[Writer, int]:
+        self._present(value)
+        return self._writers[PLAIN_WRITER_ID], 0
+
+    def _split_confluent(self, value: bytes | None) -> tuple[Writer, int]:
+        value = self._present(value)
         if len(value) < CONFLUENT_HEADER_LEN or value[0] != CONFLUENT_MAGIC:
             msg = (
                 f"not Confluent wire format: expected magic byte 0 and a 4-byte schema id, "
@@ -167,9 +182,9 @@ class AvroDecoder:
         writer = self._writers.get(schema_id)
         if writer is None:
             writer = self._fetch_writer(schema_id)
-        return schema_id, writer, CONFLUENT_HEADER_LEN
+        return writer, CONFLUENT_HEADER_LEN
 
-    def _fetch_writer(self, schema_id: int) -> Any:
+    def _fetch_writer(self, schema_id: int) -> Writer:
         assert self._registry is not None  # noqa: S101 - checked in __init__
         try:
             schema = self._registry.schema_by_id(schema_id)
@@ -179,15 +194,12 @@ class AvroDecoder:
         except RegistryError as exc:
             msg = f"cannot fetch writer schema {schema_id}: {exc}"
             raise FatalError(msg) from exc
-        try:
-            writer = fastavro.parse_schema(schema)
-        except (fastavro.schema.SchemaParseException, ValueError, KeyError, TypeError) as exc:
-            msg = f"schema id {schema_id} is not a valid Avro schema: {exc}"
-            raise DecodeError(msg) from exc
+        writer = Writer(schema_id, schema, _parse(schema, f"schema id {schema_id}"))
         self._writers[schema_id] = writer
         return writer
 
-    def _split_single_object(self, value: bytes) -> tuple[int, Any, int]:
+    def _split_single_object(self, value: bytes | None) -> tuple[Writer, int]:
+        value = self._present(value)
         if len(value) < SINGLE_OBJECT_HEADER_LEN or value[:2] != SINGLE_OBJECT_MAGIC:
             msg = (
                 "not Avro single-object encoding: expected C3 01 and an 8-byte fingerprint, "
@@ -199,43 +211,4 @@ class AvroDecoder:
         if writer is None:
             msg = f"unknown writer schema fingerprint {print_:016x}"
             raise DecodeError(msg)
-        return print_, writer, SINGLE_OBJECT_HEADER_LEN
-
-    def decode_value(self, value: bytes | None) -> tuple[dict[str, Any], int]:
-        """Decode one framed value to the reader schema's fields and the writer's id.
-
-        Raises:
-            DecodeError: The value is not a valid event.
-            FatalError: The registry is unreachable.
-        """
-        if value is None:
-            msg = "record has no value (tombstone)"
-            raise DecodeError(msg)
-        writer_id, writer, start = self._split(value)
-        stream = io.BytesIO(value)
-        stream.seek(start)
-        try:
-            fields = fastavro.schemaless_reader(stream, writer, self._reader)
-        except AVRO_BODY_ERRORS as exc:
-            msg = f"invalid Avro body for writer schema {writer_id}: {type(exc).__name__}: {exc}"
-            raise DecodeError(msg) from exc
-        if stream.tell() != len(value):
-            msg = f"{len(value) - stream.tell()} trailing bytes after the Avro record"
-            raise DecodeError(msg)
-        if not isinstance(fields, dict):
-            msg = "reader schema is not a record"
-            raise DecodeError(msg)
-        return fields, writer_id
-
-    def decode_batch(self, records: Sequence[SourceRecord]) -> tuple[list[Event], list[Rejected]]:
-        """Decode a micro-batch; bad records come back as rejects, in the batch's order."""
-        events: list[Event] = []
-        rejected: list[Rejected] = []
-        for record in records:
-            try:
-                fields, writer_id = self.decode_value(record.value)
-            except DecodeError as exc:
-                rejected.append(Rejected(record, "decode", type(exc).__name__, exc.reason))
-                continue
-            events.append(Event(record, fields, writer_id))
-        return events, rejected
+        return writer, SINGLE_OBJECT_HEADER_LEN

@@ -126,6 +126,11 @@ _SHIFTS: Final = (7 * _AR).astype(np.uint64)
 
 # --------------------------------------------------------------------------- columns
 
+#: Batches at least this long materialise short strings by distinct value (one sort).
+UNIQUE_MIN_ROWS = 64
+#: Longest string (bytes) materialised by distinct value; longer ones are sliced per row.
+UNIQUE_MAX_BYTES = 48
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Column:
@@ -262,10 +267,40 @@ class BytesColumn(Column):
 
     def to_objects(self) -> NDArray[np.object_]:
         """Return an object array of ``str`` (strings) or ``bytes``, ``None`` for nulls."""
+        n = len(self.start)
+        longest = int(self.length.max()) if n else 0
+        if n >= UNIQUE_MIN_ROWS and longest <= UNIQUE_MAX_BYTES:
+            return self._objects_by_value(longest)
         items = self.to_bytes()
         if self.is_string:
             return self._objects_with_nulls([b.decode("utf-8", "replace") for b in items])
         return self._objects_with_nulls(list(items))
+
+    def _objects_by_value(self, width: int) -> NDArray[np.object_]:
+        """Materialise each distinct value once: categorical fields (country, channel, merchant
+        category) repeat a few values over a whole batch, so a sort of fixed-width keys beats
+        slicing and decoding every row."""
+        n = len(self.start)
+        offsets = np.arange(width + 1, dtype=np.int64)
+        # Key = the value's bytes zero-padded to `width`, then its length (a value may end in
+        # zero bytes, so the padding alone would not tell "a" from "a\0").
+        index = np.minimum(self.start[:, None] + offsets[:width], len(self.buffer) - 1)
+        keys = np.zeros((n, width + 1), dtype=np.uint8)
+        if width:
+            keys[:, :width] = np.where(
+                offsets[:width] < self.length[:, None], self.buffer[index], 0
+            )
+        keys[:, width] = self.length
+        void = np.ascontiguousarray(keys).view(np.dtype((np.void, width + 1))).ravel()
+        unique, inverse = np.unique(void, return_inverse=True)
+        table = np.empty(len(unique), dtype=object)
+        for k, key in enumerate(unique.tolist()):
+            raw = bytes(key[: key[width]])
+            table[k] = raw.decode("utf-8", "replace") if self.is_string else raw
+        out: NDArray[np.object_] = table[inverse.ravel()]
+        if self.null is not None:
+            out[self.null] = None
+        return out
 
     def to_numpy(self, dtype: DTypeLike = object, fill: float | None = None) -> NDArray[Any]:
         """Return an object array (``dtype=object``) or a fixed-width ``str_`` array (``str``).
@@ -1516,28 +1551,27 @@ class ColumnarDecoder:
 
     # -- decoding -------------------------------------------------------------------------
 
-    def decode(self, payloads: Sequence[bytes | memoryview]) -> ColumnBatch:
-        """Decode a batch of Avro binary bodies (no Confluent/single-object header).
+    def decode(self, payloads: Sequence[bytes | memoryview], skip: int = 0) -> ColumnBatch:
+        """Decode a batch of Avro binary bodies.
 
         Args:
-            payloads: One Avro-encoded record body per element.
+            payloads: One Avro-encoded record per element.
+            skip: Bytes of framing header at the start of every payload, not decoded (the
+                caller checked them), so payloads need not be sliced one by one.
 
         Returns:
             The requested columns plus a per-record ok mask and error reasons. Never raises for
             malformed payloads.
         """
         n = len(payloads)
-        lens = np.fromiter(
-            (p.nbytes if isinstance(p, memoryview) else len(p) for p in payloads),
-            dtype=np.int64,
-            count=n,
-        )
+        # len() of a bytes object or a 1-D byte memoryview is its size in bytes.
+        lens = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
         body = b"".join(payloads)
         const_base = len(body) + PAD_BYTES
         raw = body + bytes(PAD_BYTES) + bytes(self._const_blob) + bytes(PAD_BYTES)
         buf = np.frombuffer(raw, dtype=np.uint8)
         end = np.cumsum(lens)
-        pos = end - lens
+        pos = end - lens + skip
         sinks = [_Sink(spec, n) for spec in self._specs]
         st = _State(raw, buf, pos, end, sinks, const_base)
         idx = self._root.read(st, np.arange(n, dtype=np.int64))
