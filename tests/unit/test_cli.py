@@ -170,3 +170,29 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert caught.value.code == 0
     assert capsys.readouterr().out.startswith("stream-scorer ")
+
+
+@pytest.mark.parametrize(
+    ("extra", "model", "named"),
+    [
+        ('[batch]\nmax_size = "lots"\n', FRAUD_MODEL, "batch.max_size"),
+        ('[kafka]\nbootstrap_server = "x:1"\n', FRAUD_MODEL, "kafka.bootstrap_server"),
+        ("", UNBINDABLE_MODEL, "input 'not_a_field'"),
+    ],
+)
+def test_run_refuses_to_start_before_touching_kafka(
+    write_config: WriteConfig,
+    capsys: pytest.CaptureFixture[str],
+    extra: str,
+    model: Path,
+    named: str,
+) -> None:
+    """`run` with a wrong type, an unknown key or an unbindable model exits 2 naming it, before
+    any Kafka client exists (the configured broker address is never dialled)."""
+    path = write_config(model=model, extra=extra + "[metrics]\nenabled = false\n")
+
+    code = cli.main(["run", "--config", str(path)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert named in err
