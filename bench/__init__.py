@@ -1,0 +1,1 @@
+"""Benchmarks: stream-scorer against baselines on the repo's real Kafka broker (``make bench``)."""

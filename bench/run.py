@@ -1,0 +1,655 @@
+"""Benchmark harness: stream-scorer against three alternatives, same broker, same data, one run.
+
+``make bench`` (or ``python -m bench.run``) starts the repo's Apache Kafka broker and the dev
+Schema Registry, pre-produces a fixed data set of synthetic transactions, then measures in turn:
+
+* the physical limits: a bare ``consume(1000)`` loop and the model's own inference rate;
+* throughput (events/s over the whole data set), CPU seconds per million events and peak RSS of
+  stream-scorer as shipped, a fastavro-dict batched scorer, a naive one-message loop and a Quix
+  Streams app, each from the beginning of the topic with its own group and output topic;
+* stream-scorer's time per stage, its throughput against ``batch.max_size`` and with 1 and 2
+  group members;
+* end-to-end latency (alert ``LogAppendTime`` minus source ``event_time``) of every contender
+  at fixed offered loads from a separate producer process (``stream-scorer produce``).
+
+It writes ``bench/results/results.json`` and PNG plots, and prints a table with ratios to
+stream-scorer and the issue's targets marked PASS or MISS. ``--quick`` shrinks everything for a
+smoke run. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.infra import REPO, Cluster, spawn, terminate, write_scorer_config
+from bench.monitor import RunMeasurement, measure_run
+from bench.report import evaluate_targets, format_tables, machine_info, plot_results
+from scripts.kafka_broker import find_free_ports
+from stream_scorer.model_card import ModelCard
+from stream_scorer.score import default_intra_op_threads
+
+__all__ = ["main"]
+
+#: Where results, logs, configs and the broker's data go (git-ignored).
+RESULTS_DIR = REPO / "bench" / "results"
+#: The Quix Streams virtual environment and what is installed in it (quixstreams 3.28.1 needs
+#: confluent-kafka < 2.13, so it cannot share the service's environment).
+QUIX_VENV = REPO / ".cache" / "bench-quix-venv"
+QUIX_REQUIREMENTS = ("quixstreams==3.28.1", "onnxruntime", "numpy", "fastavro")
+#: Marker file in the Quix venv recording the requirements it was built with.
+QUIX_MARKER = ".bench-requirements"
+#: Data set generator seed and fraud rate (issue 4: about 1 % fraud).
+DATASET_SEED = 20260404
+FRAUD_RATE = 0.01
+#: Input topic partitions (issue 4: 4 or more).
+PARTITIONS = 4
+#: stream-scorer's shipped batch size, used for the limits and the baselines too.
+BATCH_SIZE = 1000
+#: Batch sizes of the sweep (brief).
+SWEEP_SIZES = (100, 250, 500, 1000, 2000, 5000)
+#: Seconds of each latency run whose events are discarded as warm-up.
+WARMUP_S = 2.0
+#: Offered loads of the latency runs, events/s.
+DEFAULT_LOADS = (5000, 20000)
+#: Extra time a latency run may take to drain its backlog after the producer stops.
+DRAIN_TIMEOUT_S = 120.0
+#: Longest time to wait for a contender's group to become stable before producing.
+JOIN_TIMEOUT_S = 60.0
+#: Contenders in run order.
+CONTENDERS = ("stream-scorer", "fastavro-batch", "naive", "quix")
+#: A latency-only variant: stream-scorer with ``batch.max_wait_ms`` cut from the shipped 20 to
+#: this, to show how much of its latency the batch wait is.
+TUNED_VARIANT = "stream-scorer-wait5"
+TUNED_MAX_WAIT_MS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Sizes and durations of one benchmark run."""
+
+    events: int
+    sweep_events: int
+    latency_duration_s: float
+    latency_min_alerts: int
+    loads: tuple[int, ...]
+    run_timeout_s: float
+    model_min_seconds: float
+    contenders: tuple[str, ...]
+    sweep: bool
+    scaling: bool
+    latency: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start one contender process."""
+
+    argv: list[str]
+    metrics_url: str | None = None
+
+
+class Harness:
+    """Runs the phases of one benchmark and collects the results dict."""
+
+    def __init__(self, cluster: Cluster, plan: Plan, run_id: str, quix_python: Path | None):
+        """Remember the cluster and the plan; nothing runs yet."""
+        self.cluster = cluster
+        self.plan = plan
+        self.run_id = run_id
+        self.quix_python = quix_python
+        self.threads = default_intra_op_threads()
+        card = ModelCard.load(REPO / "models" / "fraud" / "1")
+        self.flagged_rate = float(card.raw.get("metrics", {}).get("flagged_rate", 0.01))
+        self.logs = RESULTS_DIR / "logs"
+        self.configs = RESULTS_DIR / "configs"
+        self.running: list[subprocess.Popen[bytes]] = []
+        self.results: dict[str, Any] = {}
+
+    # -- helpers
+
+    def _name(self, *parts: str) -> str:
+        return "-".join(["bench", self.run_id, *parts])
+
+    def _output_topics(self, tag: str) -> dict[str, str]:
+        alerts = self.cluster.create_topic(self._name(tag, "alerts"), PARTITIONS, True)
+        dlq = self.cluster.create_topic(self._name(tag, "dlq"), PARTITIONS, True)
+        return {"alerts": alerts, "dead_letter": dlq}
+
+    def _launch(
+        self, contender: str, group: str, topics: dict[str, str], batch_size: int, tag: str
+    ) -> Launch:
+        """The command line of ``contender`` reading ``topics['input']``."""
+        python = sys.executable
+        if contender in ("stream-scorer", TUNED_VARIANT):
+            port = find_free_ports(1)[0]
+            config = write_scorer_config(
+                self.configs / f"{tag}.toml",
+                self.cluster.bootstrap,
+                group,
+                topics,
+                self.cluster.registry_url,
+                batch_size,
+                port,
+                TUNED_MAX_WAIT_MS if contender == TUNED_VARIANT else None,
+            )
+            script = Path(python).parent / "stream-scorer"
+            argv = [str(script)] if script.exists() else [python, "-m", "stream_scorer"]
+            return Launch([*argv, "run", "--config", str(config)], f"http://127.0.0.1:{port}")
+        common = [
+            "--bootstrap-servers", self.cluster.bootstrap,
+            "--input-topic", topics["input"],
+            "--output-topic", topics["alerts"],
+            "--group", group,
+            "--registry-url", self.cluster.registry_url,
+        ]  # fmt: skip
+        if contender == "fastavro-batch":
+            return Launch(
+                [python, "-m", "bench.baselines.fastavro_batch", *common,
+                 "--threads", str(self.threads), "--batch-size", str(batch_size)]
+            )  # fmt: skip
+        # One-row runs: one onnxruntime thread is faster than two (thread hand-off per call).
+        if contender == "naive":
+            return Launch([python, "-m", "bench.baselines.naive", *common, "--threads", "1"])
+        if contender == "quix":
+            if self.quix_python is None:
+                msg = "the Quix Streams venv is not set up"
+                raise RuntimeError(msg)
+            return Launch(
+                [str(self.quix_python), "-m", "bench.baselines.quix_app", *common, "--threads", "1"]
+            )
+        msg = f"unknown contender {contender}"
+        raise ValueError(msg)
+
+    @contextlib.contextmanager
+    def _started(self, launches: list[Launch], tag: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+        """Start the processes; always stop them, even when the measurement fails."""
+        processes = []
+        try:
+            for i, launch in enumerate(launches):
+                log = self.logs / f"{tag}-{i}.log"
+                process = spawn(launch.argv, log)
+                processes.append(process)
+                self.running.append(process)
+            yield processes
+        finally:
+            for process in processes:
+                terminate(process)
+                self.running.remove(process)
+
+    def stop_all(self) -> None:
+        """Stop every process still running (called on exit and on signals)."""
+        for process in list(self.running):
+            terminate(process, grace_s=5.0)
+        self.running.clear()
+
+    def _log_paths(self, tag: str, n: int) -> list[Path]:
+        return [self.logs / f"{tag}-{i}.log" for i in range(n)]
+
+    @staticmethod
+    def _say(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    # -- phases
+
+    def dataset(self) -> None:
+        """Pre-produce the fixed data set."""
+        self._say(f"producing {self.plan.events:,} events to {PARTITIONS} partitions")
+        data = self.cluster.produce_dataset(
+            self._name("input"), self.plan.events, PARTITIONS, DATASET_SEED, FRAUD_RATE
+        )
+        self.input_topic = data.topic
+        self.results["dataset"] = asdict(data)
+        self._say(
+            f"  {data.events:,} events ({data.fraud_events:,} fraud) in {data.produce_s:.1f} s"
+        )
+
+    def _probe(self, probe: str, extra: list[str]) -> dict[str, Any]:
+        argv = [
+            sys.executable, "-m", "bench.probes", probe,
+            "--bootstrap-servers", self.cluster.bootstrap, "--topic", self.input_topic,
+            "--count", str(self.plan.events), "--batch-size", str(BATCH_SIZE), *extra,
+        ]  # fmt: skip
+        done = subprocess.run(
+            argv, cwd=REPO, capture_output=True, text=True, check=False, timeout=600
+        )
+        if done.returncode != 0:
+            msg = f"probe {probe} failed:\n{done.stderr[-3000:]}"
+            raise RuntimeError(msg)
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    def limits(self) -> None:
+        """Bare consume rate and model inference rate on the same data."""
+        self._say("limits: bare consume(1000), model session.run at batch 1000")
+        bare = self._probe("bare-consume", [])
+        model = self._probe(
+            "model-rate",
+            [
+                "--registry-url", self.cluster.registry_url,
+                "--threads", str(self.threads),
+                "--min-seconds", str(self.plan.model_min_seconds),
+            ],
+        )  # fmt: skip
+        self.results["limits"] = {"bare_consume": bare, "model": model}
+        self._say(
+            f"  bare consume {bare['events_per_s']:,.0f}/s; model {model['events_per_s']:,.0f}/s"
+            f" ({self.threads} threads)"
+        )
+
+    def _throughput_run(
+        self,
+        contender: str,
+        tag: str,
+        batch_size: int = BATCH_SIZE,
+        target: int | None = None,
+        members: int = 1,
+        topics: dict[str, str] | None = None,
+    ) -> tuple[RunMeasurement, dict[str, Any] | None, dict[str, str]]:
+        """One contender over the data set; returns the measurement and its /metrics."""
+        group = self._name(tag)
+        topics = {"input": self.input_topic, **(topics or self._output_topics(tag))}
+        launches = [
+            self._launch(contender, group, topics, batch_size, f"{tag}-{i}") for i in range(members)
+        ]
+        metrics: dict[str, Any] | None = None
+        with self._started(launches, tag) as processes:
+            measurement = measure_run(
+                self.cluster,
+                processes,
+                self._log_paths(tag, members),
+                group,
+                self.input_topic,
+                target or self.plan.events,
+                self.plan.run_timeout_s,
+                members,
+            )
+            if launches[0].metrics_url is not None:
+                metrics = _scrape(launches[0].metrics_url)
+        return measurement, metrics, topics
+
+    def throughput(self) -> None:
+        """Every contender over the whole data set."""
+        self.results["throughput"] = {}
+        for contender in self.plan.contenders:
+            self._say(f"throughput: {contender}")
+            measurement, metrics, topics = self._throughput_run(contender, f"tp-{contender}")
+            row = measurement.as_dict()
+            row["alerts"] = self.cluster.count_messages(topics["alerts"])
+            self.results["throughput"][contender] = row
+            if metrics is not None:
+                self.results["stages"] = _stage_split(metrics, measurement.events_per_s)
+            self._say(
+                f"  {row['events_per_s']:,.0f} events/s, {row['cpu_s_per_million']:.1f} CPU s/M, "
+                f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['alerts']} alerts"
+                + (" TIMED OUT" if row["timed_out"] else "")
+            )
+
+    def sweep(self) -> None:
+        """stream-scorer throughput against batch.max_size."""
+        scratch = self._output_topics("sweep")
+        target = min(self.plan.sweep_events, self.plan.events)
+        rows = []
+        for size in SWEEP_SIZES:
+            self._say(f"sweep: batch.max_size={size}")
+            measurement, _, _ = self._throughput_run(
+                "stream-scorer", f"sweep-{size}", size, target, topics=scratch
+            )
+            rows.append({"batch_size": size, **measurement.as_dict()})
+            self._say(f"  {measurement.events_per_s:,.0f} events/s")
+        self.results["batch_sweep"] = rows
+
+    def scaling(self) -> None:
+        """stream-scorer with 1 and 2 members of one group, back to back."""
+        scratch = self._output_topics("scale")
+        # The whole data set: the second member's join and the rebalance take seconds, and
+        # the window opens only once both members hold partitions.
+        target = self.plan.events
+        self.results["scaling"] = {}
+        for members in (1, 2):
+            self._say(f"scaling: {members} member(s)")
+            measurement, _, _ = self._throughput_run(
+                "stream-scorer", f"scale-{members}", target=target, members=members, topics=scratch
+            )
+            self.results["scaling"][str(members)] = measurement.as_dict()
+            self._say(f"  {measurement.events_per_s:,.0f} events/s")
+
+    def _wait_joined(self, group: str, processes: list[subprocess.Popen[bytes]], tag: str) -> None:
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while self.cluster.group_members(group) != (1, PARTITIONS):
+            for process, log in zip(processes, self._log_paths(tag, 1), strict=True):
+                if process.poll() is not None:
+                    msg = f"{tag} exited with {process.returncode}; see {log}"
+                    raise RuntimeError(msg)
+            if time.monotonic() > deadline:
+                msg = f"{tag}: group {group} not stable in {JOIN_TIMEOUT_S} s"
+                raise TimeoutError(msg)
+            time.sleep(0.25)
+
+    def _latency_run(self, contender: str, load: int) -> dict[str, Any]:
+        """One contender at one offered load; latencies of its alerts."""
+        tag = f"lat-{contender}-{load}"
+        duration_s = max(
+            self.plan.latency_duration_s,
+            self.plan.latency_min_alerts / (load * self.flagged_rate),
+        )
+        count = int(load * duration_s)
+        topics = {
+            "input": self.cluster.create_topic(self._name(tag, "input"), PARTITIONS),
+            **self._output_topics(tag),
+        }
+        group = self._name(tag)
+        launch = self._launch(contender, group, topics, BATCH_SIZE, tag)
+        producer_config = write_scorer_config(
+            self.configs / f"{tag}-producer.toml",
+            self.cluster.bootstrap,
+            f"{group}-producer",
+            topics,
+            self.cluster.registry_url,
+            BATCH_SIZE,
+            0,
+        )
+        script = Path(sys.executable).parent / "stream-scorer"
+        producer_argv = [
+            str(script), "produce", "--config", str(producer_config),
+            "--rate", str(load), "--count", str(count), "--seed", str(DATASET_SEED + load),
+        ]  # fmt: skip
+        with self._started([launch], tag) as processes:
+            self._wait_joined(group, processes, tag)
+            start_ms = time.time_ns() // 1_000_000
+            produce_started = time.monotonic()
+            producer = spawn(producer_argv, self.logs / f"{tag}-producer.log")
+            self.running.append(producer)
+            try:
+                producer.wait(duration_s * 3 + 60)
+            finally:
+                terminate(producer)
+                self.running.remove(producer)
+            produce_s = time.monotonic() - produce_started
+            measurement = measure_run(
+                self.cluster,
+                processes,
+                self._log_paths(tag, 1),
+                group,
+                topics["input"],
+                count,
+                DRAIN_TIMEOUT_S,
+            )
+        sample = self.cluster.read_latencies(topics["alerts"], start_ms + int(WARMUP_S * 1000))
+        lat = sample.latencies_ms
+        row: dict[str, Any] = {
+            "offered_events_per_s": load,
+            "produced": self.cluster.count_messages(topics["input"]),
+            "achieved_offered_events_per_s": round(count / produce_s, 1),
+            "duration_s": round(duration_s, 1),
+            "count": len(lat),
+            "alerts": sample.alerts,
+            "discarded_warmup": sample.discarded,
+            "non_log_append_time": sample.non_log_append,
+            "drain_timed_out": measurement.timed_out,
+            "drain_s": round(measurement.wall_s, 2),
+            "peak_rss_mb": round(measurement.peak_rss_mb, 1),
+        }
+        measured_as = "stream-scorer" if contender == TUNED_VARIANT else contender
+        throughput = self.results.get("throughput", {}).get(measured_as, {}).get("events_per_s")
+        row["saturated"] = bool(measurement.timed_out or (throughput and throughput < load))
+        if len(lat):
+            row.update(
+                {
+                    "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                    "p95_ms": round(float(np.percentile(lat, 95)), 2),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                    "max_ms": round(float(lat.max()), 2),
+                    "mean_ms": round(float(lat.mean()), 2),
+                }
+            )
+        return row
+
+    def latency(self) -> None:
+        """Every contender at every offered load."""
+        self.results["latency"] = {}
+        contenders = list(self.plan.contenders)
+        if "stream-scorer" in contenders:
+            contenders.insert(1, TUNED_VARIANT)
+        for contender in contenders:
+            runs: dict[str, Any] = {}
+            for load in self.plan.loads:
+                self._say(f"latency: {contender} at {load:,} events/s")
+                row = self._latency_run(contender, load)
+                runs[str(load)] = row
+                if row["count"]:
+                    self._say(
+                        f"  p50 {row['p50_ms']:.1f} p95 {row['p95_ms']:.1f} p99 "
+                        f"{row['p99_ms']:.1f} ms over {row['count']} alerts"
+                        + (" (saturated)" if row["saturated"] else "")
+                    )
+            self.results["latency"][contender] = runs
+
+
+def _scrape(url: str) -> dict[str, Any]:
+    """stage_duration_seconds sums and counts from a stream-scorer /metrics endpoint."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:  # noqa: S310 - our own http:// URL
+        text = response.read().decode()
+    stages: dict[str, dict[str, float]] = {}
+    consumed = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "stream_scorer_records_consumed":
+            consumed = sum(s.value for s in family.samples if s.name.endswith("_total"))
+        if family.name != "stream_scorer_stage_duration_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage")
+            if stage is None:
+                continue
+            if sample.name.endswith("_sum"):
+                stages.setdefault(stage, {})["seconds"] = sample.value
+            elif sample.name.endswith("_count"):
+                stages.setdefault(stage, {})["batches"] = sample.value
+    return {"stages": stages, "consumed": consumed}
+
+
+def _stage_split(metrics: dict[str, Any], events_per_s: float) -> dict[str, Any]:
+    """Seconds, share and µs per event of each stage, in pipeline order.
+
+    The sums cover the scorer's whole life (every consumed event), so per-event figures divide
+    by ``records_consumed_total``; ``wall_us_per_event`` (from the measured rate) shows what the
+    stages do not account for (loop overhead, delivery polling, logging).
+    """
+    stages: dict[str, Any] = metrics["stages"]
+    events = int(metrics["consumed"])
+    total = sum(row.get("seconds", 0.0) for row in stages.values()) or 1e-9
+    ordered = ("consume", "decode", "featurize", "score", "flag", "encode", "publish", "commit")
+    split = {
+        stage: {
+            "seconds": round(stages[stage].get("seconds", 0.0), 4),
+            "batches": int(stages[stage].get("batches", 0)),
+            "share": round(stages[stage].get("seconds", 0.0) / total, 4),
+            "us_per_event": round(stages[stage].get("seconds", 0.0) / max(events, 1) * 1e6, 3),
+        }
+        for stage in ordered
+        if stage in stages
+    }
+    return {
+        "source": "stream_scorer_stage_duration_seconds (sum over the throughput run)",
+        "total_s": round(total, 3),
+        "events": events,
+        "stages_us_per_event": round(total / max(events, 1) * 1e6, 3),
+        "wall_us_per_event": round(1e6 / events_per_s, 3) if events_per_s else None,
+        "stages": split,
+    }
+
+
+def ensure_quix_venv(python: str) -> Path:
+    """Create ``.cache/bench-quix-venv`` with Quix Streams unless it already matches."""
+    marker = QUIX_VENV / QUIX_MARKER
+    wanted = "\n".join(QUIX_REQUIREMENTS)
+    venv_python = QUIX_VENV / "bin" / "python"
+    if venv_python.exists() and marker.is_file() and marker.read_text() == wanted:
+        return venv_python
+    print(f"creating {QUIX_VENV} ({', '.join(QUIX_REQUIREMENTS)})", flush=True)
+    shutil.rmtree(QUIX_VENV, ignore_errors=True)
+    subprocess.run([python, "-m", "venv", str(QUIX_VENV)], check=True)
+    subprocess.run(
+        [str(venv_python), "-m", "pip", "install", "--quiet", *QUIX_REQUIREMENTS], check=True
+    )
+    marker.write_text(wanted)
+    return venv_python
+
+
+def _service_revision() -> dict[str, Any]:
+    """The commit measured and whether stream_scorer/ had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
+        )
+        return done.stdout.strip()
+
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "stream_scorer_uncommitted_changes": bool(git("status", "--porcelain", "stream_scorer")),
+    }
+
+
+def _system_busy_percent() -> float:
+    """Whole-machine CPU use over one second, before the run: how shared the machine is."""
+    return float(psutil.cpu_percent(interval=1.0))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--events", type=int, default=None, help="data set size (500000)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--bootstrap-servers", default=None, help="use this cluster")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
+    parser.add_argument("--loads", default=",".join(map(str, DEFAULT_LOADS)), help="events/s")
+    parser.add_argument("--latency-duration-s", type=float, default=None, help="(20; quick 5)")
+    parser.add_argument(
+        "--latency-min-alerts", type=int, default=None,
+        help="lengthen a latency run until this many alerts are expected (500; quick 0)",
+    )  # fmt: skip
+    parser.add_argument("--sweep-events", type=int, default=None, help="per sweep run (200000)")
+    parser.add_argument("--run-timeout-s", type=float, default=900.0)
+    parser.add_argument("--skip", default="", help="phases to skip: sweep,scaling,latency")
+    parser.add_argument(
+        "--publish", type=Path, default=None,
+        help="also copy results.json and the PNGs here (e.g. docs/perf)",
+    )  # fmt: skip
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    events = args.events or (50_000 if quick else 500_000)
+    return Plan(
+        events=events,
+        sweep_events=args.sweep_events or (min(events, 50_000) if quick else 200_000),
+        latency_duration_s=args.latency_duration_s or (5.0 if quick else 20.0),
+        latency_min_alerts=(
+            args.latency_min_alerts
+            if args.latency_min_alerts is not None
+            else (0 if quick else 500)
+        ),
+        loads=tuple(int(x) for x in args.loads.split(",") if x),
+        run_timeout_s=args.run_timeout_s,
+        model_min_seconds=1.0 if quick else 3.0,
+        contenders=tuple(c for c in args.contenders.split(",") if c),
+        sweep="sweep" not in skip,
+        scaling="scaling" not in skip,
+        latency="latency" not in skip,
+    )
+
+
+def _phase(name: str, results: dict[str, Any], fn: Callable[[], None]) -> None:
+    """Run one phase; a failure is recorded and the next phases still run."""
+    started = time.monotonic()
+    try:
+        fn()
+    except Exception as exc:
+        results.setdefault("errors", []).append(f"{name}: {type(exc).__name__}: {exc}")
+        print(f"phase {name} failed: {exc}", file=sys.stderr, flush=True)
+    results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0 when every phase ran (targets may still be missed)."""
+    args = _parser().parse_args(argv)
+    plan = _plan(args)
+    started = time.monotonic()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    quix_python = ensure_quix_venv(sys.executable) if "quix" in plan.contenders else None
+    busy = _system_busy_percent()
+    run_id = uuid.uuid4().hex[:6]
+    cluster = Cluster(args.bootstrap_servers, RESULTS_DIR / "broker-data")
+    harness = Harness(cluster, plan, run_id, quix_python)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    results = harness.results
+    results["meta"] = {
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "run_id": run_id,
+        "bootstrap_servers": "repo broker" if args.bootstrap_servers is None else "external",
+        "machine": machine_info(cluster.kafka_version, quix_python),
+        "machine_busy_percent_before_start": busy,
+        "onnx_threads_stream_scorer": harness.threads,
+        **_service_revision(),
+    }
+    results["config"] = {**asdict(plan), "batch_size": BATCH_SIZE, "warmup_s": WARMUP_S}
+    try:
+        harness.dataset()
+        _phase("limits", results, harness.limits)
+        _phase("throughput", results, harness.throughput)
+        if plan.sweep:
+            _phase("sweep", results, harness.sweep)
+        if plan.scaling:
+            _phase("scaling", results, harness.scaling)
+        if plan.latency:
+            _phase("latency", results, harness.latency)
+    finally:
+        harness.stop_all()
+        cluster.close()
+    results["meta"]["load_average_end"] = list(psutil.getloadavg())
+    results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = evaluate_targets(results)
+    path = RESULTS_DIR / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    pngs = plot_results(results, RESULTS_DIR)
+    print()
+    print(format_tables(results))
+    print(f"\nresults: {path}; plots: {', '.join(str(p) for p in pngs)}")
+    print(f"total time {results['meta']['duration_s']:.0f} s")
+    if args.publish is not None:
+        args.publish.mkdir(parents=True, exist_ok=True)
+        for file in (path, *pngs):
+            shutil.copy2(file, args.publish / file.name)
+    return 1 if results.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
