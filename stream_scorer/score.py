@@ -97,6 +97,9 @@ class OnnxScorer:
         # Inter-op parallelism only helps graphs with parallel branches; ours are chains.
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads spin by default, taking the cores librdkafka and the broker
+        # need between batches: on 2 cores, batch 1000 cost 9.6 ms CPU spinning vs 3.0 ms not.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(card.model_file), sess_options=options, providers=["CPUExecutionProvider"]
