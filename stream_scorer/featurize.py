@@ -68,9 +68,14 @@ class FeatureBuilder:
             if null is not None and null.any():
                 _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
                       f"{binding.input!r}")  # fmt: skip
-            nan = np.isnan(values)
-            if nan.any():
-                _mark(bad, reasons, nan, f"field {binding.field!r} is NaN; model input "
+            # NaN and ±inf, including a double too large for a float32 input: the model was
+            # never trained on either, so its score would mean nothing.
+            nonfinite = ~np.isfinite(values)
+            if null is not None:
+                nonfinite &= ~null
+            if nonfinite.any():
+                _mark(bad, reasons, nonfinite, f"field {binding.field!r} is not finite "
+                      f"(NaN or infinite as {binding.dtype}); model input "
                       f"{binding.input!r}")  # fmt: skip
         return values
 

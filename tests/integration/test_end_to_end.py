@@ -104,7 +104,9 @@ def test_alerts_are_exactly_the_offline_flagged_events(
     inputs = {(m.partition(), m.offset()): m for m in read_topic(kafka_bootstrap, topics["input"])}
     card_by_id = {e["transaction_id"]: e["card_id"] for e in events}
     for message, alert in zip(alerts, decoded, strict=True):
-        assert alert["score"] == expected[alert["event_id"]]
+        # Equal up to float32 summation order: onnxruntime's two intra-op threads split a
+        # batch differently when the stream's batches differ from the offline ones.
+        assert alert["score"] == pytest.approx(expected[alert["event_id"]], abs=1e-6)
         assert alert["score"] >= alert["threshold"]
         assert message.key() == card_by_id[alert["event_id"]].encode()
         source = inputs[(alert["source_partition"], alert["source_offset"])]
@@ -201,7 +203,7 @@ def test_mixed_input_scores_the_valid_and_dead_letters_the_rest(
         assert int(headers["source.offset"]) >= 0
     reasons = b" ".join(dict(m.headers() or [])["error.message"] for m in dead)
     assert b"unknown schema id 987654" in reasons
-    assert b"is NaN" in reasons
+    assert b"is not finite" in reasons
     assert committed_offsets(
         kafka_bootstrap, settings.kafka.group_id, topics["input"]
     ) == end_offsets(kafka_bootstrap, topics["input"])

@@ -177,8 +177,23 @@ def test_nan_with_missing_reject_is_rejected(
 
     assert [e.source.offset for e in kept] == [1]
     assert [r.source.offset for r in rejected] == [0]
-    assert "field 'amount' is NaN; model input 'amount_in'" in rejected[0].message
+    assert "field 'amount' is not finite" in rejected[0].message
+    assert "model input 'amount_in'" in rejected[0].message
     assert inputs["amount_in"][:, 0].tolist() == [5.0]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), 1e300])
+def test_infinite_with_missing_reject_is_rejected(
+    per_field: FeatureBuilder, events_of: Callable[..., list[Event]], value: float
+) -> None:
+    """Infinity, and a double that overflows the model's float32 input, reject the event like
+    NaN does: the model never saw such a value, so its score would mean nothing."""
+    inputs, kept, rejected = per_field.build_inputs(events_of({"amount": 5.0}, {"amount": value}))
+
+    assert [e.source.offset for e in kept] == [0]
+    assert [r.source.offset for r in rejected] == [1]
+    assert "field 'amount' is not finite" in rejected[0].message
+    assert np.isfinite(inputs["amount_in"]).all()
 
 
 def test_null_string_is_rejected(

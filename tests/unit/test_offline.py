@@ -131,7 +131,7 @@ def test_unscorable_event_reports_its_reason(
     assert [r["error"] is None for r in results] == [True, False, True]
     assert results[1]["score"] is None
     assert results[1]["flagged"] is False
-    assert "field 'amount' is NaN" in results[1]["error"]
+    assert "field 'amount' is not finite" in results[1]["error"]
 
 
 class PoisonScorer:

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from stream_scorer.decode import AvroDecoder
+from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder
 from stream_scorer.encode import AlertEncoder
 from stream_scorer.errors import FatalError, ModelError, PublishError
 from stream_scorer.featurize import FeatureBuilder
@@ -435,3 +435,40 @@ def test_unreachable_registry_is_fatal_and_produces_nothing(
         pipeline.process([make_record(b"\x00\x00\x00\x00\x07body")])
 
     assert (sink.messages, sink.flushes) == ([], 0)
+
+
+def test_flagged_event_that_does_not_decode_whole_is_dead_lettered(
+    card: ModelCard,
+    reader_schema: dict[str, Any],
+    alert_schema: dict[str, Any],
+    records: Callable[..., list[SourceRecord]],
+    make_transaction: MakeTransaction,
+    avro_bytes: AvroBytes,
+) -> None:
+    """The columnar decoder walks over strings the model does not bind without checking their
+    UTF-8; an event with a broken one is scored, and when it is flagged its whole-record decode
+    fails: it is dead-lettered at stage decode with its bytes, never published as an alert."""
+    event = make_transaction(transaction_id="txn-bad", amount=95.0, merchant_name="Globex\u00e9")
+    good = avro_bytes(reader_schema, event)
+    broken = good.replace("Globex\u00e9".encode(), b"Globex\xff\xfe")
+    assert broken != good and len(broken) == len(good)
+    sink = FakeSink()
+    pipeline = Pipeline(
+        decoder=ColumnarAvroDecoder(reader_schema, "plain"),
+        model=_loaded(AmountScorer(card)),
+        encoder=AlertEncoder(alert_schema, b"", "test-version"),
+        sink=sink,
+        alert_topic=ALERTS,
+        dead_letter_topic=DLQ,
+        scorer_version="test-version",
+        clock_ms=lambda: NOW_MS,
+    )
+
+    result = pipeline.process(records(90.0, broken, 10.0))
+
+    assert (result.flagged, result.unflagged, result.dead_lettered) == (1, 1, 1)
+    assert [_alert(alert_schema, m[2])["source_offset"] for m in sink.on(ALERTS)] == [0]
+    [dead] = sink.on(DLQ)
+    assert dead[2] == broken
+    assert _header(dead[3], "error.stage") == b"decode"
+    assert _header(dead[3], "source.offset") == b"1"
