@@ -8,7 +8,9 @@ plus ``STREAM_SCORER_*`` environment variables).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,7 +127,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "run":
         from stream_scorer.runner import Runner  # noqa: PLC0415
 
-        return Runner(settings).run()
+        # Loading the model takes a moment; a SIGTERM meanwhile (an orchestrator scaling
+        # down) must still end in a clean stop with exit code 0, not death by signal.
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+        log.info("starting", version=__version__, model=str(settings.model.path))
+        return Runner(settings, stop=stop).run()
     if command == "produce":
         from stream_scorer.loadgen import produce_events  # noqa: PLC0415
 

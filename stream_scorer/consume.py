@@ -27,6 +27,7 @@ __all__ = [
     "BatchConsumer",
     "LagCallback",
     "consumer_config",
+    "max_poll_interval_s",
 ]
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,11 @@ def consumer_config(
     return config
 
 
+def max_poll_interval_s(config: Mapping[str, Any]) -> float:
+    """``max.poll.interval.ms`` of a consumer config in seconds (librdkafka's default 300 s)."""
+    return float(config.get("max.poll.interval.ms", 300_000)) / 1000.0
+
+
 class BatchConsumer:
     """A subscribed consumer that hands out micro-batches."""
 
@@ -83,7 +89,7 @@ class BatchConsumer:
         max_batch_size: int,
         max_wait_s: float,
         on_lag: LagCallback | None = None,
-        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        on_revoke: Callable[[list[TopicPartition], bool], None] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         """Create the consumer and subscribe to ``topic``.
@@ -94,7 +100,8 @@ class BatchConsumer:
             max_batch_size: Most messages per batch.
             max_wait_s: Longest wait to fill a batch.
             on_lag: Called with (topic, partition, lag) from librdkafka statistics.
-            on_revoke: Called with the partitions being revoked or lost, before they go.
+            on_revoke: Called with the partitions being revoked (``lost=False``: this member
+                may still commit for them) or lost (``True``: it may not), before they go.
             on_assign: Called with newly assigned partitions.
         """
         self.topic = topic
@@ -105,12 +112,14 @@ class BatchConsumer:
         self._on_assign = on_assign
         self.assignment: set[tuple[str, int]] = set()
         conf = dict(config)
+        # The caller's error callback (readiness) still hears every error, after our logging.
+        self._error_cb: Callable[[KafkaError], None] | None = conf.pop("error_cb", None)
         conf["error_cb"] = self._on_error
         if on_lag is not None:
             conf["stats_cb"] = self._on_stats
         self._consumer = Consumer(conf)
         self._consumer.subscribe(
-            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
 
     @property
@@ -129,10 +138,22 @@ class BatchConsumer:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         del consumer
+        self._take_away(partitions, lost=False)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        del consumer
+        self._take_away(partitions, lost=True)
+
+    def _take_away(self, partitions: list[TopicPartition], lost: bool) -> None:
+        # The callback runs while the partitions are still in self.assignment: a revoked
+        # partition's acknowledged offsets can still be committed by this member.
         if self._on_revoke is not None:
-            self._on_revoke(partitions)
+            self._on_revoke(partitions, lost)
         self.assignment -= {(p.topic, p.partition) for p in partitions}
-        log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        log.info(
+            "partitions_lost" if lost else "partitions_revoked",
+            partitions=[f"{p.topic}[{p.partition}]" for p in partitions],
+        )
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -140,6 +161,8 @@ class BatchConsumer:
         else:
             # Transient: librdkafka retries by itself (broker down, connection refused).
             log.warning("kafka_error", error=str(error), code=error.name())
+        if self._error_cb is not None:
+            self._error_cb(error)
 
     def _on_stats(self, stats_json: str) -> None:
         if self._on_lag is None:

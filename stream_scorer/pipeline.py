@@ -32,7 +32,7 @@ from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.records import DecodedBatch, Event, Header, Rejected, Scored, SourceRecord
 from stream_scorer.score import Scorer
 
-__all__ = ["BatchResult", "LoadedModel", "Pipeline", "Sink"]
+__all__ = ["BatchResult", "LoadedModel", "Pipeline", "Sink", "event_timestamps_ms", "latencies_s"]
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +89,17 @@ class BatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     #: Event timestamp → results acknowledged, per record with a timestamp, in seconds.
     latencies_s: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+
+
+def event_timestamps_ms(records: Sequence[SourceRecord]) -> NDArray[np.int64]:
+    """Broker timestamps of the records that have one (epoch ms)."""
+    timestamps = np.fromiter((r.timestamp_ms for r in records), np.int64, len(records))
+    return timestamps[timestamps > 0]
+
+
+def latencies_s(records: Sequence[SourceRecord], now_ms: int) -> NDArray[np.float64]:
+    """Event timestamp → ``now_ms`` per record with a timestamp, in seconds."""
+    return (now_ms - event_timestamps_ms(records)) / 1000.0
 
 
 def _take(inputs: ModelInputs, rows: NDArray[np.intp]) -> ModelInputs:
@@ -188,8 +199,12 @@ class Pipeline:
         log.warning("model_failed_on_events", bad_events=len(bad), batch_size=n)
         return scores, bad
 
-    def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+    def process(self, records: Sequence[SourceRecord], wait_acks: bool = True) -> BatchResult:
         """Score one batch, publish its alerts and dead letters, and wait for every ack.
+
+        With ``wait_acks=False`` the messages are only queued: the caller tracks their
+        acknowledgements (the pipelined run loop) and the result's latencies stay empty, to be
+        measured when the batch is acknowledged.
 
         Raises:
             FatalError: Model down, publish failure, unreachable registry: do not commit.
@@ -236,7 +251,7 @@ class Pipeline:
         tock = time.perf_counter()
         stage_s["encode"], tick = tock - tick, tock
 
-        self._publish(outgoing, rejected)
+        self._publish(outgoing, rejected, wait_acks)
         tock = time.perf_counter()
         stage_s["publish"] = tock - tick
 
@@ -250,13 +265,12 @@ class Pipeline:
         if accounted != result.consumed:  # a bug, never bad input: stop before committing
             msg = f"batch accounting: {result.consumed} consumed but {accounted} accounted for"
             raise AssertionError(msg)
-        timestamps = np.fromiter((r.timestamp_ms for r in records), np.int64, len(records))
-        timestamps = timestamps[timestamps > 0]
-        result.latencies_s = (self._clock_ms() - timestamps) / 1000.0
+        if wait_acks:
+            result.latencies_s = latencies_s(records, self._clock_ms())
         self._observe(result, model)
         return result
 
-    def _publish(self, outgoing: list[Any], rejected: list[Rejected]) -> None:
+    def _publish(self, outgoing: list[Any], rejected: list[Rejected], wait_acks: bool) -> None:
         for key, value, headers in outgoing:
             self._sink.produce(self._alert_topic, key, value, headers)
         for reject in rejected:
@@ -270,7 +284,8 @@ class Pipeline:
                 error_type=reject.error_type,
                 reason=reject.message[:200],
             )
-        self._sink.flush()
+        if wait_acks:
+            self._sink.flush()
 
     def _observe(self, result: BatchResult, model: LoadedModel) -> None:
         metrics = self._metrics

@@ -2,10 +2,12 @@
 
 Every produced message's delivery report is checked in the callback; :meth:`flush` waits for all
 of them and raises :class:`~stream_scorer.errors.PublishError` once if any failed or any is still
-outstanding at the deadline. When librdkafka's local queue is full (a slow broker, a throttled
-downstream), :meth:`produce` serves delivery reports and waits instead of dropping or growing
-memory: consumption is paused by construction, since the next batch is consumed only after this
-one is flushed.
+outstanding at the deadline. In the pipelined at-least-once loop the runner hands the
+publisher a :class:`~stream_scorer.acks.BatchTicket` per batch instead (:meth:`track`), which
+counts that batch's deliveries so its offsets are committed once they are all acknowledged.
+When librdkafka's local queue is full (a slow broker, a throttled downstream), :meth:`produce`
+serves delivery reports and waits instead of dropping or growing memory: the loop that called
+it consumes nothing meanwhile, so consumption pauses.
 
 With ``delivery.mode = "exactly-once"`` the producer is transactional: one Kafka transaction
 per batch holds the alerts, the dead letters and the consumed offsets
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -24,12 +26,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from stream_scorer.errors import FatalError, PublishError
 from stream_scorer.records import Header
 
+if TYPE_CHECKING:
+    from stream_scorer.acks import BatchTicket
+
 __all__ = [
     "PRODUCER_DEFAULTS",
     "PRODUCER_OVERRIDES",
+    "TRANSACTIONAL_DEFAULTS",
     "ResultPublisher",
     "TransactionAbortedError",
     "producer_config",
+    "transaction_timeout_s",
 ]
 
 log = structlog.get_logger(__name__)
@@ -42,6 +49,16 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # next to producers written in other languages (librdkafka's default is CRC32).
     "partitioner": "murmur2_random",
     "compression.type": "lz4",
+}
+#: Defaults of a transactional (exactly-once) producer, overridable in ``[kafka.producer]``.
+TRANSACTIONAL_DEFAULTS: dict[str, Any] = {
+    # How long the transaction coordinator lets a transaction stay open before aborting it.
+    # It bounds how long a member that died mid-batch (and is not restarted with the same
+    # transactional id) holds back read_committed readers of the alert topic and the new owner
+    # of its partitions. It must exceed the longest batch: the runner refuses to start unless
+    # delivery.flush_timeout_s leaves room for the commit within it. librdkafka also caps
+    # message.timeout.ms to it. 60 s is librdkafka's (and the Java client's) default.
+    "transaction.timeout.ms": 60_000,
 }
 #: Forced: no duplicates from producer retries, and every write acknowledged by all replicas.
 PRODUCER_OVERRIDES: dict[str, Any] = {
@@ -63,10 +80,20 @@ def producer_config(
     client: Mapping[str, Any], extra: Mapping[str, Any], transactional_id: str | None = None
 ) -> dict[str, Any]:
     """Merge defaults → client/security settings → user extras → forced overrides."""
-    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **client, **extra, **PRODUCER_OVERRIDES}
+    transactional = TRANSACTIONAL_DEFAULTS if transactional_id is not None else {}
+    config: dict[str, Any] = {
+        **PRODUCER_DEFAULTS, **transactional, **client, **extra, **PRODUCER_OVERRIDES,
+    }  # fmt: skip
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
     return config
+
+
+def transaction_timeout_s(config: Mapping[str, Any]) -> float | None:
+    """The transaction timeout of a producer config in seconds; None when not transactional."""
+    if "transactional.id" not in config:
+        return None
+    return float(config.get("transaction.timeout.ms", 60_000)) / 1000.0
 
 
 class ResultPublisher:
@@ -82,6 +109,12 @@ class ResultPublisher:
         self._flush_timeout_s = flush_timeout_s
         self._failures: list[str] = []
         self._pending = 0
+        #: The batch the next messages belong to (pipelined at-least-once loop); its ticket
+        #: counts their deliveries instead of this publisher.
+        self._ticket: BatchTicket | None = None
+        # Produce and flush of one batch share one deadline, so a batch never takes longer
+        # than flush_timeout_s to publish however often the local queue fills up.
+        self._deadline = time.monotonic() + flush_timeout_s
         self.transactional = "transactional.id" in config
         self._in_transaction = False
         if self.transactional:
@@ -96,9 +129,17 @@ class ResultPublisher:
         if error is not None:
             self._failures.append(f"{message.topic()}: {error}")
 
+    def track(self, ticket: BatchTicket | None) -> None:
+        """Count the deliveries of the messages produced from now on in ``ticket``
+        (``None``: count them here, for :meth:`flush`)."""
+        self._ticket = ticket
+        if ticket is not None:
+            self._deadline = time.monotonic() + self._flush_timeout_s
+
     def begin(self) -> None:
         """Start the batch (a transaction in exactly-once mode)."""
         self._failures.clear()
+        self._deadline = time.monotonic() + self._flush_timeout_s
         if self.transactional and not self._in_transaction:
             try:
                 self._producer.begin_transaction()
@@ -112,22 +153,19 @@ class ResultPublisher:
         """Queue one message; waits for room when librdkafka's queue is full.
 
         Raises:
-            PublishError: The queue stayed full for the whole flush timeout.
+            PublishError: The queue stayed full until the batch's deadline.
         """
-        deadline = time.monotonic() + self._flush_timeout_s
+        ticket = self._ticket
+        on_delivery = self._on_delivery if ticket is None else ticket.on_delivery
         while True:
             try:
                 self._producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=list(headers),
-                    on_delivery=self._on_delivery,
+                    topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
                 )
             except BufferError:
                 # Backpressure: serve delivery reports until the queue has room again.
-                if time.monotonic() > deadline:
-                    msg = f"producer queue stayed full for {self._flush_timeout_s}s"
+                if time.monotonic() > self._deadline:
+                    msg = f"producer queue stayed full for the batch's {self._flush_timeout_s}s"
                     raise PublishError(msg) from None
                 self._producer.poll(QUEUE_FULL_POLL_S)
                 continue
@@ -136,12 +174,23 @@ class ResultPublisher:
                     self._raise_transaction_error("produce", exc)
                 msg = f"produce to {topic} failed: {exc}"
                 raise PublishError(msg) from exc
-            self._pending += 1
+            if ticket is None:
+                self._pending += 1
+            else:
+                ticket.produced()
             return
 
-    def poll(self) -> None:
-        """Serve delivery callbacks without waiting."""
-        self._producer.poll(0)
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery callbacks, waiting up to ``timeout_s`` for the first one."""
+        self._producer.poll(timeout_s)
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for every queued message; the number still outstanding.
+
+        Delivery failures are reported where the messages are counted (a ticket, or the next
+        :meth:`flush`).
+        """
+        return int(self._producer.flush(timeout_s))
 
     def flush(self) -> None:
         """Wait until every queued message is acknowledged.
@@ -149,7 +198,7 @@ class ResultPublisher:
         Raises:
             PublishError: A delivery failed, or some were still outstanding at the deadline.
         """
-        remaining = self._producer.flush(self._flush_timeout_s)
+        remaining = self._producer.flush(max(0.0, self._deadline - time.monotonic()))
         if remaining or self._failures:
             failures, self._failures = self._failures, []
             msg = (
@@ -176,13 +225,16 @@ class ResultPublisher:
         self._in_transaction = False
 
     def _commit_with_retries(self) -> None:
-        # A retriable commit error (e.g. a timeout) is retried as the Kafka docs prescribe;
-        # anything else is classified by _transaction_error.
+        # A retriable commit error (e.g. a timeout) is retried as the Kafka docs prescribe, but
+        # only until TXN_CALL_TIMEOUT_S: an unbounded retry would hold the batch past
+        # max.poll.interval.ms and the transaction past its timeout. Anything else, and a retry
+        # that runs out of time, is classified by _raise_transaction_error.
+        deadline = time.monotonic() + TXN_CALL_TIMEOUT_S
         while True:
             try:
-                self._producer.commit_transaction(TXN_CALL_TIMEOUT_S)
+                self._producer.commit_transaction(max(1.0, deadline - time.monotonic()))
             except KafkaException as exc:
-                if exc.args[0].retriable():
+                if exc.args[0].retriable() and time.monotonic() < deadline:
                     log.warning("transaction_commit_retry", error=str(exc))
                     continue
                 raise
@@ -198,6 +250,12 @@ class ResultPublisher:
             raise TransactionAbortedError(msg) from exc
         self._in_transaction = False
         msg = f"{call}: fatal transactional error: {error}"
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+            msg += (
+                " (another producer with the same transactional.id started: a restart of this"
+                " instance, or a second instance sharing its id; give every instance its own"
+                " kafka.group_instance_id or delivery.transactional_id)"
+            )
         raise FatalError(msg) from exc
 
     def abort(self) -> None:

@@ -1,14 +1,23 @@
 """Lifecycle: start-up checks, then consume → pipeline → commit until told to stop.
 
 Start-up loads and checks everything that does not need Kafka first (schemas, model, binding),
-so a bad config or a bad model stops the process before it joins the group. The loop is a fixed
-barrier per batch: consume a batch, score it, publish alerts and dead letters, wait for every
-acknowledgement, then commit the batch's offsets (at-least-once) or commit the transaction that
-holds results and offsets (exactly-once). Only then is the next batch consumed, which is also
-the backpressure: a slow broker slows consumption instead of growing memory.
+so a bad config or a bad model stops the process before it joins the group.
 
-SIGTERM/SIGINT set a stop flag; the current batch completes, is flushed and committed, and the
-consumer leaves the group. A fatal error stops the loop without committing the failed batch.
+At-least-once (the default) runs a pipelined loop: consume a batch, score it, queue its alerts
+and dead letters, and consume the next batch while their acknowledgements arrive. Each batch has
+a ticket (:mod:`stream_scorer.acks`) counting its deliveries; a batch's offsets are committed,
+asynchronously, once it and every batch before it are acknowledged. At most
+``delivery.max_in_flight_batches`` batches wait for acknowledgements; the loop waits for the
+oldest before it consumes more, which is the backpressure (``1`` makes it a plain barrier:
+every batch acknowledged before the next is consumed). On revocation and at shutdown the loop
+waits for everything in flight and commits synchronously while it still owns the partitions.
+
+Exactly-once runs a barrier per batch: one transaction holds the batch's results and offsets and
+is committed before the next batch is consumed.
+
+SIGTERM/SIGINT set a stop flag; the current batch completes, everything is flushed and
+committed, and the consumer leaves the group. A fatal error stops the loop without committing
+the failed batch or anything after it.
 """
 
 from __future__ import annotations
@@ -16,14 +25,16 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_scorer import __version__
+from stream_scorer.acks import AckTracker, BatchTicket
 from stream_scorer.app import (
     build_alert_encoder,
     build_decoder,
@@ -31,21 +42,84 @@ from stream_scorer.app import (
     load_model,
     load_schema,
 )
-from stream_scorer.commit import commit_offsets, offsets_to_commit
-from stream_scorer.consume import BatchConsumer, consumer_config
-from stream_scorer.errors import FatalError
+from stream_scorer.commit import OffsetCommitter, offsets_to_commit
+from stream_scorer.consume import BatchConsumer, consumer_config, max_poll_interval_s
+from stream_scorer.errors import ConfigurationError, FatalError, PublishError
 from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
-from stream_scorer.pipeline import BatchResult, Pipeline
-from stream_scorer.publish import ResultPublisher, TransactionAbortedError, producer_config
+from stream_scorer.pipeline import BatchResult, Pipeline, event_timestamps_ms
+from stream_scorer.publish import (
+    TXN_CALL_TIMEOUT_S,
+    ResultPublisher,
+    TransactionAbortedError,
+    producer_config,
+    transaction_timeout_s,
+)
 from stream_scorer.records import SourceRecord
 from stream_scorer.settings import Settings, masked
 
-__all__ = ["Runner", "Totals"]
+__all__ = ["Runner", "Totals", "check_batch_time_bounds"]
 
 log = structlog.get_logger(__name__)
 
+#: Longest a batch's commit may take after its flush: sending the offsets and committing the
+#: transaction, each bounded by the publisher's transactional call timeout.
+COMMIT_ALLOWANCE_S = 2 * TXN_CALL_TIMEOUT_S
+#: A loop iteration (consume, or one batch through its commit) taking longer than this marks
+#: the runner not ready: a flush or commit blocked on an unreachable cluster serves no error
+#: callbacks, so only a watchdog outside the loop can tell. Normal batches take well under 1 s.
+LOOP_STALL_S = 10.0
+#: Longest single wait for a delivery report while the pipelined loop waits for room in flight.
+ACK_WAIT_POLL_S = 0.05
 #: How often a not-ready runner asks the cluster for metadata to notice it is back.
 READINESS_PROBE_INTERVAL_S = 2.0
+
+
+def check_batch_time_bounds(
+    flush_timeout_s: float,
+    max_wait_s: float,
+    consumer: Mapping[str, Any],
+    producer: Mapping[str, Any],
+) -> None:
+    """Refuse timeouts that would let one batch outlive the group session or its transaction.
+
+    The barrier loop calls ``consume()`` once per batch, so a batch's time (the wait to fill it,
+    scoring, the publish bounded by ``delivery.flush_timeout_s``, the commit bounded by
+    :data:`COMMIT_ALLOWANCE_S`) must stay under ``max.poll.interval.ms`` or the member is
+    thrown out of the group mid-batch. In exactly-once mode the transaction spans the publish
+    and the commit, so ``transaction.timeout.ms`` must leave room for both: the flush may take
+    at most half of it.
+
+    Raises:
+        ConfigurationError: The timeouts do not fit together, naming the keys to change.
+    """
+    batch_s = max_wait_s + flush_timeout_s + COMMIT_ALLOWANCE_S
+    poll_s = max_poll_interval_s(consumer)
+    if batch_s >= poll_s:
+        msg = (
+            f"delivery.flush_timeout_s={flush_timeout_s}: a batch may take up to {batch_s:.0f} s "
+            f"(wait + flush + {COMMIT_ALLOWANCE_S:.0f} s commit), not under the consumer's "
+            f"max.poll.interval.ms ({poll_s * 1000:.0f}); lower the flush timeout or raise "
+            "kafka.consumer max.poll.interval.ms"
+        )
+        raise ConfigurationError(msg)
+    txn_s = transaction_timeout_s(producer)
+    if txn_s is not None and 2 * flush_timeout_s > txn_s:
+        msg = (
+            f"delivery.flush_timeout_s={flush_timeout_s} must be at most half the producer's "
+            f"transaction.timeout.ms ({txn_s * 1000:.0f}) so a batch's transaction is committed "
+            "before the coordinator aborts it"
+        )
+        raise ConfigurationError(msg)
+
+
+def _ranges(records: list[SourceRecord]) -> dict[str, list[int]]:
+    """First and last offset per partition of a batch, keyed ``"<partition>"``."""
+    ranges: dict[str, list[int]] = {}
+    for record in records:
+        span = ranges.setdefault(str(record.partition), [record.offset, record.offset])
+        span[0] = min(span[0], record.offset)
+        span[1] = max(span[1], record.offset)
+    return ranges
 
 
 class Totals:
@@ -67,8 +141,12 @@ class Runner:
         settings: Settings,
         registry: CollectorRegistry = REGISTRY,
         on_batch: Callable[[BatchResult], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         """Load schemas and the model and check them; touches no Kafka yet.
+
+        ``stop``, when given, is the event a signal handler installed before loading sets: a
+        stop requested during start-up makes :meth:`run` leave at once, cleanly.
 
         Raises:
             ConfigurationError: Settings, schemas and model do not fit together.
@@ -78,7 +156,7 @@ class Runner:
         self.metrics = ScorerMetrics(registry)
         self._metrics_registry = registry
         self._on_batch = on_batch
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
         #: Set once the consumer has been assigned its first partitions.
         self.assigned = threading.Event()
         self.totals = Totals()
@@ -89,6 +167,18 @@ class Runner:
         self.metrics.set_model(card.name, card.version, card.sha256 or "", card.input_layout)
         self.metrics_server: MetricsServer | None = None
         self.exactly_once = settings.delivery.mode == "exactly-once"
+        #: At-least-once: batches produced but not yet all acknowledged, oldest first ...
+        self._tracker = AckTracker()
+        #: ... and the acknowledged offsets, committed asynchronously between batches.
+        self._committer = OffsetCommitter()
+        self._acked_not_logged: list[BatchTicket] = []
+        #: An error inside a librdkafka callback, raised by the loop after ``consume()``.
+        self._callback_failure: FatalError | None = None
+        self._commit_on_revoke = True
+        self._consumer: BatchConsumer | None = None
+        self._publisher: ResultPublisher | None = None
+        #: Monotonic time the loop last started an iteration (read by the stall watchdog).
+        self._iteration_at = time.monotonic()
 
     def stop(self) -> None:
         """Ask the loop to finish the current batch and exit."""
@@ -125,9 +215,13 @@ class Runner:
         client = settings.kafka.client_config()
         transactional_id = None
         if self.exactly_once:
+            # Stable across restarts (a restart fences its zombie and aborts its open
+            # transaction at once) and distinct per static member, so that members of one
+            # group do not fence each other.
             transactional_id = (
                 settings.delivery.transactional_id
-                or f"{settings.kafka.group_id}-{settings.kafka.client_id}"
+                or f"{settings.kafka.group_id}-"
+                f"{settings.kafka.group_instance_id or settings.kafka.client_id}"
             )
         pconf = producer_config(client, settings.kafka.producer, transactional_id)
         pconf["error_cb"] = self._on_kafka_error
@@ -148,7 +242,11 @@ class Runner:
             consumer_config=masked(cconf),
             producer_config=masked({k: v for k, v in pconf.items() if k != "error_cb"}),
         )
+        check_batch_time_bounds(
+            settings.delivery.flush_timeout_s, settings.batch.max_wait_ms / 1000.0, cconf, pconf
+        )
         cconf["error_cb"] = self._on_kafka_error
+        cconf["on_commit"] = self._committer.on_commit
         publisher = ResultPublisher(pconf, settings.delivery.flush_timeout_s)
         consumer = BatchConsumer(
             cconf,
@@ -156,8 +254,10 @@ class Runner:
             settings.batch.max_size,
             settings.batch.max_wait_ms / 1000.0,
             on_lag=self.metrics.set_lag,
+            on_revoke=self._on_revoke,
             on_assign=self._on_assign,
         )
+        self._consumer, self._publisher = consumer, publisher
         pipeline = Pipeline(
             decoder,
             self.model,
@@ -171,12 +271,18 @@ class Runner:
         self.health.set_ready(True, "consuming")
         self.metrics.ready.set(1)
         code = 0
+        finished = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch_stalls, args=(finished,), name="stall-watchdog", daemon=True
+        )
+        watchdog.start()
         try:
             self._loop(consumer, pipeline, publisher)
         except FatalError as exc:
             log.error("fatal_error", error=str(exc), error_type=type(exc).__name__)
             code = 1
         finally:
+            finished.set()
             self.health.set_ready(False, "stopping")
             self.metrics.ready.set(0)
             self._shutdown(consumer, publisher, clean=code == 0)
@@ -197,14 +303,21 @@ class Runner:
         last = (0, time.monotonic())
         next_probe = 0.0
         while not self._stop.is_set():
+            self._iteration_at = time.monotonic()
             tick = time.perf_counter()
             records = consumer.poll_batch()
             consume_s = time.perf_counter() - tick
-            publisher.poll()
+            self._raise_callback_failure()
             now = time.monotonic()
-            if records:
-                self._process(records, consumer, pipeline, publisher, consume_s)
-            elif not self.health.ready and now >= next_probe:
+            if self.exactly_once:
+                publisher.poll()
+                if records:
+                    self._process(records, consumer, pipeline, publisher, consume_s)
+            else:
+                self._settle(consumer, publisher)
+                if records:
+                    self._process_pipelined(records, consumer, pipeline, publisher, consume_s)
+            if not records and not self.health.ready and now >= next_probe:
                 next_probe = now + READINESS_PROBE_INTERVAL_S
                 self._probe(consumer)
             if now >= next_summary:
@@ -217,9 +330,20 @@ class Runner:
                     batches=self.totals.batches,
                     events_per_s=round(rate, 1),
                     assigned=len(consumer.assignment),
+                    in_flight_batches=len(self._tracker),
                 )
                 last = (self.totals.consumed, now)
                 next_summary = now + interval_s
+
+    def _watch_stalls(self, finished: threading.Event) -> None:
+        """Mark the runner not ready while one loop iteration has run past LOOP_STALL_S."""
+        while not finished.wait(1.0):
+            stalled_s = time.monotonic() - self._iteration_at
+            if stalled_s > LOOP_STALL_S and self.health.ready:
+                reason = f"batch stalled for {stalled_s:.0f} s (kafka unreachable?)"
+                log.warning("loop_stalled", seconds=round(stalled_s, 1))
+                self.health.set_ready(False, reason)
+                self.metrics.ready.set(0)
 
     def _probe(self, consumer: BatchConsumer) -> None:
         try:
@@ -237,6 +361,7 @@ class Runner:
         publisher: ResultPublisher,
         consume_s: float,
     ) -> None:
+        """Exactly-once: one transaction per batch, results and offsets together (a barrier)."""
         publisher.begin()
         try:
             result = pipeline.process(records)
@@ -244,16 +369,51 @@ class Runner:
             self._rewind(consumer, records, exc)
             return
         offsets = offsets_to_commit(records)
+        # One debug line per batch, before and after its commit: a crash between the two
+        # shows exactly which acknowledged results a restart will publish again.
+        ranges = _ranges(records)
+        log.debug("batch_flushed", records=len(records), ranges=ranges)
         tick = time.perf_counter()
-        if self.exactly_once:
-            try:
-                publisher.commit_transaction(offsets, consumer.consumer)
-            except TransactionAbortedError as exc:
-                self._rewind(consumer, records, exc)
-                return
-        else:
-            commit_offsets(consumer.consumer, offsets)
+        try:
+            publisher.commit_transaction(offsets, consumer.consumer)
+        except TransactionAbortedError as exc:
+            self._rewind(consumer, records, exc)
+            return
         result.stage_s["commit"] = time.perf_counter() - tick
+        log.debug("batch_committed", records=len(records), ranges=ranges)
+        self._count(result, consumer, consume_s)
+        if self._on_batch is not None:
+            self._on_batch(result)
+
+    def _process_pipelined(
+        self,
+        records: list[SourceRecord],
+        consumer: BatchConsumer,
+        pipeline: Pipeline,
+        publisher: ResultPublisher,
+        consume_s: float,
+    ) -> None:
+        """At-least-once: score and produce the batch, then go on to the next one while its
+        acknowledgements arrive; its offsets are committed once it and every batch before it
+        are acknowledged. At most ``delivery.max_in_flight_batches`` batches wait for acks."""
+        ticket = self._tracker.open(
+            offsets_to_commit(records), event_timestamps_ms(records), len(records)
+        )
+        ticket.ranges = _ranges(records)
+        publisher.track(ticket)
+        try:
+            result = pipeline.process(records, wait_acks=False)
+        finally:
+            publisher.track(None)
+        ticket.seal(result)
+        tick = time.perf_counter()
+        self._settle(
+            consumer, publisher, in_flight=self.settings.delivery.max_in_flight_batches - 1
+        )
+        result.stage_s["commit"] = time.perf_counter() - tick
+        self._count(result, consumer, consume_s)
+
+    def _count(self, result: BatchResult, consumer: BatchConsumer, consume_s: float) -> None:
         result.stage_s["consume"] = consume_s
         self.metrics.stage_duration.labels(stage="commit").observe(result.stage_s["commit"])
         self.metrics.stage_duration.labels(stage="consume").observe(consume_s)
@@ -266,11 +426,112 @@ class Runner:
         if not self.health.ready:
             self.health.set_ready(True, "consuming")
             self.metrics.ready.set(1)
-        if self._on_batch is not None:
-            self._on_batch(result)
+
+    def _settle(
+        self, consumer: BatchConsumer, publisher: ResultPublisher, in_flight: int | None = None
+    ) -> None:
+        """Serve delivery reports, take in the acknowledged batches and commit their offsets
+        asynchronously; with ``in_flight``, first wait until at most that many batches are
+        still unacknowledged (the backpressure of the pipelined loop).
+
+        Raises:
+            PublishError: A delivery failed, or a batch was not acknowledged within
+                ``delivery.flush_timeout_s`` of being produced.
+            CommitError: An asynchronous commit failed for good.
+        """
+        publisher.poll()
+        self._collect_acked()
+        limit = len(self._tracker) if in_flight is None else in_flight
+        flush_timeout_s = self.settings.delivery.flush_timeout_s
+        while (oldest := self._tracker.oldest()) is not None:
+            overdue_s = time.monotonic() - oldest.sealed_at - flush_timeout_s
+            if overdue_s > 0:
+                msg = (
+                    f"a batch of {oldest.records} records was not acknowledged within "
+                    f"delivery.flush_timeout_s={flush_timeout_s}s ({oldest.pending} outstanding)"
+                )
+                raise PublishError(msg)
+            if len(self._tracker) <= limit:
+                break
+            publisher.poll(min(-overdue_s, ACK_WAIT_POLL_S))
+            self._collect_acked()
+        if self._committer.commit_async(consumer.consumer, consumer.assignment):
+            self._log_committed()
+
+    def _collect_acked(self) -> None:
+        """Move fully acknowledged batches (in order) to the committer; observe latency."""
+        offsets, done = self._tracker.committable()
+        if not done:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        for ticket in done:
+            latencies = (now_ms - ticket.timestamps_ms) / 1000.0
+            self.metrics.end_to_end_latency.observe_many(latencies)
+            log.debug("batch_flushed", records=ticket.records, ranges=ticket.ranges)
+            self._acked_not_logged.append(ticket)
+            if isinstance(ticket.result, BatchResult):
+                ticket.result.latencies_s = latencies
+                if self._on_batch is not None:
+                    self._on_batch(ticket.result)
+        self._committer.acknowledge(offsets)
+
+    def _log_committed(self) -> None:
+        for ticket in self._acked_not_logged:
+            log.debug("batch_committed", records=ticket.records, ranges=ticket.ranges)
+        self._acked_not_logged.clear()
+
+    def _drain(self, publisher: ResultPublisher) -> None:
+        """Wait for every outstanding acknowledgement and take the batches in.
+
+        Raises:
+            PublishError: A delivery failed or did not arrive within the flush timeout.
+        """
+        remaining = publisher.drain(self.settings.delivery.flush_timeout_s)
+        self._collect_acked()
+        if remaining or len(self._tracker):
+            msg = (
+                f"{len(self._tracker)} batches not acknowledged within "
+                f"delivery.flush_timeout_s={self.settings.delivery.flush_timeout_s}s "
+                f"({remaining} messages outstanding)"
+            )
+            raise PublishError(msg)
+
+    def _on_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Before partitions go: wait for every batch in flight, then commit what is
+        acknowledged while this member still owns the partitions (revoked), or drop it
+        (lost: the group has moved on and a commit from here would be refused or wrong).
+
+        Runs inside ``consume()``. An error cannot leave a librdkafka callback, so it is kept
+        and raised by the loop once ``consume()`` returns; until then nothing is committed.
+        """
+        consumer, publisher = self._consumer, self._publisher
+        if self.exactly_once or consumer is None or publisher is None:
+            return  # the barrier loop has nothing in flight between batches
+        if not self._commit_on_revoke:
+            return
+        gone = [(p.topic, p.partition) for p in partitions]
+        try:
+            self._drain(publisher)
+            if not lost:
+                held = set(gone) | consumer.assignment
+                if self._committer.commit_sync(consumer.consumer, held):
+                    self._log_committed()
+        except FatalError as exc:
+            self._callback_failure = exc
+        finally:
+            self._committer.forget(gone)
+
+    def _raise_callback_failure(self) -> None:
+        failure, self._callback_failure = self._callback_failure, None
+        if failure is not None:
+            raise failure
 
     def _rewind(self, consumer: BatchConsumer, records: list[SourceRecord], exc: Exception) -> None:
-        """Seek back to the batch's first offsets so an aborted batch is scored again."""
+        """Seek back to the batch's first offsets so an aborted batch is scored again.
+
+        Raises:
+            FatalError: A partition still assigned could not be rewound.
+        """
         self.metrics.transactions_aborted.inc()
         first: dict[tuple[str, int], int] = {}
         for record in records:
@@ -278,10 +539,28 @@ class Runner:
             first[key] = min(first.get(key, record.offset), record.offset)
         log.warning("transaction_aborted", error=str(exc), partitions=len(first))
         for (topic, partition), offset in first.items():
-            if (topic, partition) in consumer.assignment:
+            if (topic, partition) not in consumer.assignment:
+                continue  # revoked meanwhile: its new owner starts from the committed offset
+            try:
                 consumer.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as seek_error:
+                # Without the rewind the next transaction would commit offsets past the aborted
+                # batch: stop instead; the restart resumes from the committed offsets.
+                msg = f"cannot rewind {topic}[{partition}] to {offset}: {seek_error}"
+                raise FatalError(msg) from seek_error
 
     def _shutdown(self, consumer: BatchConsumer, publisher: ResultPublisher, clean: bool) -> None:
+        # After a fatal error nothing more is committed, not even from the revocation that
+        # consumer.close() triggers: the restart replays from the last commit.
+        self._commit_on_revoke = clean
+        if clean and not self.exactly_once:
+            # Everything produced is acknowledged and committed before the member leaves.
+            try:
+                self._drain(publisher)
+                if self._committer.commit_sync(consumer.consumer, consumer.assignment):
+                    self._log_committed()
+            except FatalError as exc:
+                log.error("final_commit_failed", error=str(exc))
         try:
             if clean:
                 publisher.close()

@@ -220,10 +220,15 @@ class DeliverySettings(_Section):
     """``at-least-once``: offsets committed after results are acknowledged; a crash may
     re-publish up to one batch. ``exactly-once``: results and offsets in one Kafka transaction."""
     transactional_id: str | None = None
-    """Transactional id for ``exactly-once``; defaults to ``<group_id>-<client_id>``. Keep it
-    stable across restarts so a restarted instance fences its zombie."""
+    """Transactional id for ``exactly-once``; defaults to ``<group_id>-<group_instance_id>``, or
+    ``<group_id>-<client_id>`` without static membership. Keep it stable across restarts so a
+    restarted instance fences its zombie, and distinct per instance."""
     flush_timeout_s: float = Field(default=30.0, gt=0)
     """How long a batch may wait for acknowledgements before the run fails."""
+    max_in_flight_batches: int = Field(default=4, ge=1, le=64)
+    """``at-least-once``: batches whose results may still await acknowledgement while the next
+    one is scored. ``1`` waits for every batch before consuming the next. A crash may re-publish
+    up to this many batches (plus one whose commit was on its way)."""
 
 
 class MetricsSettings(_Section):

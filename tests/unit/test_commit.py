@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from stream_scorer.commit import commit_offsets, offsets_to_commit
+from stream_scorer.commit import (
+    OffsetCommitter,
+    RebalanceCommitError,
+    commit_offsets,
+    offsets_to_commit,
+)
 from stream_scorer.errors import CommitError, FatalError
 from stream_scorer.records import SourceRecord
 
@@ -41,6 +46,16 @@ class FakeConsumer:
         if self.exc is not None:
             raise self.exc
         return self.result
+
+
+@dataclass
+class Reported:
+    """A partition in librdkafka's commit callback (TopicPartition.error is read-only)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: Any = None
 
 
 def _triples(offsets: list[TopicPartition]) -> list[tuple[str, int, int]]:
@@ -106,3 +121,111 @@ def test_partition_error_in_result_becomes_commit_error() -> None:
 
     with pytest.raises(CommitError, match=r"\('a', 1, 'NOT_COORDINATOR'\)"):
         commit_offsets(consumer, [TopicPartition("a", 0, 1), TopicPartition("a", 1, 1)])  # type: ignore[arg-type]
+
+
+class ScriptedConsumer(FakeConsumer):
+    """Answers each commit with the next scripted partition error code (None: success)."""
+
+    def __init__(self, codes: list[int | None]) -> None:
+        """Script one answer per call."""
+        super().__init__()
+        self.codes = codes
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[Answer] | None:
+        """Record the call and answer with the next code."""
+        self.calls.append((offsets, asynchronous))
+        code = self.codes.pop(0)
+        error = None if code is None else KafkaError(code)
+        return [Answer(tp.topic, tp.partition, error) for tp in offsets]
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry at once instead of after the coordinator back-off."""
+    monkeypatch.setattr("stream_scorer.commit.COMMIT_RETRY_BACKOFF_S", 0.0)
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_transient_commit_failure_is_retried_until_it_succeeds() -> None:
+    """A coordinator moving or loading is retried; the commit then succeeds."""
+    consumer = ScriptedConsumer(
+        [KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR, None]
+    )
+    commit_offsets(consumer, [TopicPartition("t", 0, 5)])  # type: ignore[arg-type]
+    assert len(consumer.calls) == 3
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_transient_commit_failure_gives_up_at_the_timeout() -> None:
+    """A coordinator that never comes back fails the commit once the timeout has passed."""
+    consumer = ScriptedConsumer([KafkaError.COORDINATOR_NOT_AVAILABLE] * 1000)
+    with pytest.raises(CommitError, match=r"COORDINATOR_NOT_AVAILABLE|Coordinator"):
+        commit_offsets(consumer, [TopicPartition("t", 0, 5)], timeout_s=0.0)  # type: ignore[arg-type]
+    assert len(consumer.calls) == 1
+
+
+def test_commit_refused_by_a_rebalance_is_its_own_error() -> None:
+    """A rebalance refusing the commit raises RebalanceCommitError, at once, not retried."""
+    consumer = ScriptedConsumer([KafkaError.REBALANCE_IN_PROGRESS])
+    with pytest.raises(RebalanceCommitError):
+        commit_offsets(consumer, [TopicPartition("t", 0, 5)])  # type: ignore[arg-type]
+    assert len(consumer.calls) == 1
+
+
+def test_committer_sends_acknowledged_offsets_of_held_partitions_once() -> None:
+    """Async commits carry the highest acknowledged offset per held partition, each once."""
+    committer, consumer = OffsetCommitter(), FakeConsumer()
+    held = {("t", 0), ("t", 1)}
+    committer.acknowledge([TopicPartition("t", 0, 10), TopicPartition("t", 2, 7)])
+    committer.acknowledge([TopicPartition("t", 0, 8), TopicPartition("t", 1, 3)])  # 8 < 10
+
+    assert committer.commit_async(consumer, held) == 2  # type: ignore[arg-type]
+    assert _triples(consumer.calls[0][0]) == [("t", 0, 10), ("t", 1, 3)]
+    assert consumer.calls[0][1] is True
+    assert committer.commit_async(consumer, held) == 0  # type: ignore[arg-type]
+    committer.acknowledge([TopicPartition("t", 1, 4)])
+    committer.commit_async(consumer, held)  # type: ignore[arg-type]
+    assert _triples(consumer.calls[1][0]) == [("t", 1, 4)]
+
+
+def test_committer_resends_after_a_retriable_async_failure() -> None:
+    """A rebalance or a timeout failing an async commit makes the next one send it again."""
+    committer, consumer = OffsetCommitter(), FakeConsumer()
+    committer.acknowledge([TopicPartition("t", 0, 10)])
+    committer.commit_async(consumer, {("t", 0)})  # type: ignore[arg-type]
+    failed = Reported("t", 0, 10, KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+    committer.on_commit(None, [failed])  # type: ignore[list-item]
+
+    assert committer.commit_async(consumer, {("t", 0)}) == 1  # type: ignore[arg-type]
+    assert committer.retried == 1
+
+
+def test_committer_stops_the_loop_after_a_fatal_async_failure() -> None:
+    """An authorisation failure of an async commit raises at the next commit."""
+    committer, consumer = OffsetCommitter(), FakeConsumer()
+    committer.acknowledge([TopicPartition("t", 0, 10)])
+    committer.commit_async(consumer, {("t", 0)})  # type: ignore[arg-type]
+    committer.on_commit(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED), [])
+
+    with pytest.raises(CommitError, match="asynchronous commit failed"):
+        committer.commit_async(consumer, {("t", 0)})  # type: ignore[arg-type]
+
+
+def test_committer_forgets_partitions_it_no_longer_holds() -> None:
+    """A revoked or lost partition is never committed again by this member."""
+    committer, consumer = OffsetCommitter(), FakeConsumer()
+    committer.acknowledge([TopicPartition("t", 0, 10), TopicPartition("t", 1, 4)])
+    committer.forget([("t", 0)])
+
+    committed = committer.commit_sync(consumer, {("t", 0), ("t", 1)})  # type: ignore[arg-type]
+    assert _triples(committed) == [("t", 1, 4)]
+    assert consumer.calls[0][1] is False
+
+
+def test_committer_sync_commit_refused_by_a_rebalance_is_not_fatal() -> None:
+    """On revocation a commit the group refuses is logged: the next owner replays."""
+    committer = OffsetCommitter()
+    consumer = ScriptedConsumer([KafkaError.ILLEGAL_GENERATION])
+    committer.acknowledge([TopicPartition("t", 0, 10)])
+
+    assert committer.commit_sync(consumer, {("t", 0)}) == []  # type: ignore[arg-type]
