@@ -99,6 +99,8 @@ class AckTracker:
         while self._tickets:
             ticket = self._tickets[0]
             if ticket.failures:
+                if done:
+                    break  # hand out the batches before it first; raise on the next call
                 msg = f"{len(ticket.failures)} deliveries failed: {ticket.failures[:5]}"
                 raise PublishError(msg)
             if not ticket.done:

@@ -1,7 +1,12 @@
 """Stage 1: Kafka → one micro-batch of :class:`SourceRecord` per call.
 
-A batch is full (``batch.max_size`` messages) or time-boxed (``batch.max_wait_ms``), whichever
-comes first. Offsets are never committed here: ``enable.auto.commit`` and
+A batch is what has arrived when the loop asks, up to ``batch.max_size`` messages: under load
+that is a full batch, and a light stream is scored in small batches at once rather than held
+back to fill a big one (the loop's own processing time sets the batch size). When nothing has
+arrived the call waits up to ``batch.max_wait_ms`` for the first message; ``batch.linger_ms``
+(0 by default) waits that much longer for a batch to fill, trading latency for larger batches.
+
+Offsets are never committed here: ``enable.auto.commit`` and
 ``enable.auto.offset.store`` are forced off, so only :mod:`stream_scorer.commit` (after every
 result is acknowledged) moves the group forward. Consumer errors that librdkafka reports on a
 message are logged and counted when transient, and raise
@@ -88,6 +93,7 @@ class BatchConsumer:
         topic: str,
         max_batch_size: int,
         max_wait_s: float,
+        linger_s: float = 0.0,
         on_lag: LagCallback | None = None,
         on_revoke: Callable[[list[TopicPartition], bool], None] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
@@ -98,7 +104,8 @@ class BatchConsumer:
             config: Complete librdkafka consumer config (see :func:`consumer_config`).
             topic: Input topic.
             max_batch_size: Most messages per batch.
-            max_wait_s: Longest wait to fill a batch.
+            max_wait_s: Longest wait for the first message of a batch.
+            linger_s: Longest further wait for a batch to fill once it has a message.
             on_lag: Called with (topic, partition, lag) from librdkafka statistics.
             on_revoke: Called with the partitions being revoked (``lost=False``: this member
                 may still commit for them) or lost (``True``: it may not), before they go.
@@ -107,6 +114,7 @@ class BatchConsumer:
         self.topic = topic
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
+        self._linger_s = linger_s
         self._on_lag = on_lag
         self._on_revoke = on_revoke
         self._on_assign = on_assign
@@ -180,14 +188,23 @@ class BatchConsumer:
         Raises:
             FatalError: librdkafka reported a fatal consumer error.
         """
+        consume, size = self._consumer.consume, self._max_batch_size
         try:
-            messages: list[Message] = self._consumer.consume(
-                self._max_batch_size, timeout=self._max_wait_s
-            )
+            # What has already arrived, without waiting: under load that is a full batch, and
+            # a lighter stream gets small batches at once instead of waiting to fill one.
+            messages: list[Message] = consume(size, timeout=0)
+            if not messages:
+                # Nothing yet: wait for the first message only, then take what came with it.
+                messages = consume(1, timeout=self._max_wait_s)
+                if messages and size > 1:
+                    messages += consume(size - 1, timeout=0)
+            if messages and len(messages) < size and self._linger_s > 0:
+                messages += consume(size - len(messages), timeout=self._linger_s)
         except KafkaException as exc:
             msg = f"consume failed: {exc}"
             raise FatalError(msg) from exc
         records: list[SourceRecord] = []
+        append = records.append
         for message in messages:
             error = message.error()
             if error is not None:
@@ -197,16 +214,18 @@ class BatchConsumer:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer_message_error", error=str(error))
                 continue
-            _, timestamp_ms = message.timestamp()
-            records.append(
+            headers = message.headers()
+            timestamp_ms = message.timestamp()[1]
+            # Positional, in field order: this loop runs once per consumed message.
+            append(
                 SourceRecord(
-                    topic=message.topic(),  # type: ignore[arg-type]  # set on every data message
-                    partition=message.partition(),  # type: ignore[arg-type]  # likewise
-                    offset=message.offset(),  # type: ignore[arg-type]  # likewise
-                    key=message.key(),
-                    value=message.value(),
-                    headers=tuple(message.headers() or ()),  # type: ignore[arg-type]  # list of (str, bytes)
-                    timestamp_ms=max(timestamp_ms, 0),
+                    message.topic(),  # type: ignore[arg-type]  # set on every data message
+                    message.partition(),  # type: ignore[arg-type]  # likewise
+                    message.offset(),  # type: ignore[arg-type]  # likewise
+                    message.key(),
+                    message.value(),
+                    tuple(headers) if headers else (),  # type: ignore[arg-type]  # (str, bytes)
+                    timestamp_ms if timestamp_ms > 0 else 0,
                 )
             )
         return records

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -32,9 +32,13 @@ Header = tuple[str, bytes | None]
 Stage = str
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One Kafka message exactly as it was consumed."""
+class SourceRecord(NamedTuple):
+    """One Kafka message exactly as it was consumed.
+
+    A named tuple rather than a frozen dataclass: one is built per consumed message, and a
+    frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost about 1.5 µs of
+    the consume stage's per-event budget; a named tuple is built in about 0.4 µs.
+    """
 
     topic: str
     partition: int

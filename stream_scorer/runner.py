@@ -22,6 +22,7 @@ the failed batch or anything after it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -68,6 +69,8 @@ COMMIT_ALLOWANCE_S = 2 * TXN_CALL_TIMEOUT_S
 #: the runner not ready: a flush or commit blocked on an unreachable cluster serves no error
 #: callbacks, so only a watchdog outside the loop can tell. Normal batches take well under 1 s.
 LOOP_STALL_S = 10.0
+#: Longest the commit of acknowledged offsets is retried when stopping after a fatal error.
+FATAL_COMMIT_TIMEOUT_S = 5.0
 #: Longest single wait for a delivery report while the pipelined loop waits for room in flight.
 ACK_WAIT_POLL_S = 0.05
 #: How often a not-ready runner asks the cluster for metadata to notice it is back.
@@ -175,6 +178,8 @@ class Runner:
         #: An error inside a librdkafka callback, raised by the loop after ``consume()``.
         self._callback_failure: FatalError | None = None
         self._commit_on_revoke = True
+        #: Monotonic time the next asynchronous commit is due (delivery.commit_interval_ms).
+        self._next_commit_at = 0.0
         self._consumer: BatchConsumer | None = None
         self._publisher: ResultPublisher | None = None
         #: Monotonic time the loop last started an iteration (read by the stall watchdog).
@@ -243,7 +248,10 @@ class Runner:
             producer_config=masked({k: v for k, v in pconf.items() if k != "error_cb"}),
         )
         check_batch_time_bounds(
-            settings.delivery.flush_timeout_s, settings.batch.max_wait_ms / 1000.0, cconf, pconf
+            settings.delivery.flush_timeout_s,
+            (settings.batch.max_wait_ms + settings.batch.linger_ms) / 1000.0,
+            cconf,
+            pconf,
         )
         cconf["error_cb"] = self._on_kafka_error
         cconf["on_commit"] = self._committer.on_commit
@@ -253,6 +261,7 @@ class Runner:
             settings.topics.input,
             settings.batch.max_size,
             settings.batch.max_wait_ms / 1000.0,
+            settings.batch.linger_ms / 1000.0,
             on_lag=self.metrics.set_lag,
             on_revoke=self._on_revoke,
             on_assign=self._on_assign,
@@ -455,7 +464,11 @@ class Runner:
                 break
             publisher.poll(min(-overdue_s, ACK_WAIT_POLL_S))
             self._collect_acked()
-        if self._committer.commit_async(consumer.consumer, consumer.assignment):
+        now = time.monotonic()
+        if now >= self._next_commit_at and self._committer.commit_async(
+            consumer.consumer, consumer.assignment
+        ):
+            self._next_commit_at = now + self.settings.delivery.commit_interval_ms / 1000.0
             self._log_committed()
 
     def _collect_acked(self) -> None:
@@ -561,6 +574,18 @@ class Runner:
                     self._log_committed()
             except FatalError as exc:
                 log.error("final_commit_failed", error=str(exc))
+        elif not self.exactly_once:
+            # A fatal error: commit what was acknowledged before the failure, in order, and
+            # nothing after it; wait for nothing (the cluster may be the thing that failed).
+            try:
+                with contextlib.suppress(PublishError):
+                    self._collect_acked()
+                if self._committer.commit_sync(
+                    consumer.consumer, consumer.assignment, FATAL_COMMIT_TIMEOUT_S
+                ):
+                    self._log_committed()
+            except FatalError as exc:
+                log.warning("final_commit_failed", error=str(exc))
         try:
             if clean:
                 publisher.close()

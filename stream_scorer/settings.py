@@ -205,12 +205,16 @@ class ModelSettings(_Section):
 
 
 class BatchSettings(_Section):
-    """Micro-batch shape: a batch is full or time-boxed, whichever comes first."""
+    """Micro-batch shape: what has arrived, up to ``max_size``; under load, full batches."""
 
     max_size: int = Field(default=1000, ge=1, le=100_000)
     """Most messages consumed and scored together."""
     max_wait_ms: int = Field(default=20, ge=0, le=1000)
-    """Longest wait to fill a batch; at most 1 s so a stop signal is noticed promptly."""
+    """Longest wait for the first message when none has arrived; at most 1 s so a stop signal
+    is noticed promptly."""
+    linger_ms: int = Field(default=0, ge=0, le=1000)
+    """Further wait for a batch to fill once it has a message: larger batches on a light stream
+    at the cost of this much latency. 0 scores what has arrived at once."""
 
 
 class DeliverySettings(_Section):
@@ -218,13 +222,18 @@ class DeliverySettings(_Section):
 
     mode: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """``at-least-once``: offsets committed after results are acknowledged; a crash may
-    re-publish up to one batch. ``exactly-once``: results and offsets in one Kafka transaction."""
+    re-publish the batches in flight and what was acknowledged within the last commit interval.
+    ``exactly-once``: results and offsets in one Kafka transaction."""
     transactional_id: str | None = None
     """Transactional id for ``exactly-once``; defaults to ``<group_id>-<group_instance_id>``, or
     ``<group_id>-<client_id>`` without static membership. Keep it stable across restarts so a
     restarted instance fences its zombie, and distinct per instance."""
     flush_timeout_s: float = Field(default=30.0, gt=0)
     """How long a batch may wait for acknowledgements before the run fails."""
+    commit_interval_ms: int = Field(default=100, ge=0, le=60_000)
+    """``at-least-once``: how often acknowledged offsets are committed (asynchronously); 0
+    commits after every batch. Small batches on a light stream would otherwise send the group
+    coordinator a commit per batch. A crash may re-score what was acknowledged within it."""
     max_in_flight_batches: int = Field(default=4, ge=1, le=64)
     """``at-least-once``: batches whose results may still await acknowledgement while the next
     one is scored. ``1`` waits for every batch before consuming the next. A crash may re-publish

@@ -14,6 +14,7 @@ writer schemas that cannot be resolved against the reader schema.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,18 @@ class ColumnarAvroDecoder:
         rejected: list[tuple[int, Rejected]] = []
         groups: dict[int, _Group] = {}
         split = self.framing.split
+        values = [record.value for record in records]
+        # The common case, checked in C: every value has the first one's header.
+        first = values[0] if values else None
+        if first is not None and None not in values:
+            try:
+                writer, start = split(first)
+            except DecodeError:
+                pass
+            else:
+                header = first[:start]
+                if all(map(bytes.startswith, values, itertools.repeat(header))):  # type: ignore[arg-type]
+                    return {writer.id: (writer, list(range(len(values))), values)}, []  # type: ignore[dict-item]
         # Nearly every value of a batch carries the same header (one schema id): compare the
         # header bytes with the last one parsed instead of parsing each.
         last_header = b""

@@ -64,3 +64,17 @@ def test_failed_delivery_poisons_the_batch_and_everything_after() -> None:
     with pytest.raises(PublishError, match="1 deliveries failed"):
         tracker.committable()
     assert len(tracker) == 2
+
+
+def test_batches_before_a_failed_one_are_handed_out_before_the_error() -> None:
+    """Acknowledged batches ahead of a failed one are still committable (they are accounted
+    for); the failure is raised on the next call, and nothing after it is ever handed out."""
+    tracker = AckTracker()
+    first, failed, later = _open(tracker, 10), _open(tracker, 20), _open(tracker, 30)
+    first.sealed = failed.sealed = later.sealed = True
+    failed.failures.append("dlq: message too large")
+
+    offsets, done = tracker.committable()
+    assert [tp.offset for tp in offsets] == [10] and done == [first]
+    with pytest.raises(PublishError, match="too large"):
+        tracker.committable()
