@@ -127,22 +127,23 @@ def write_scorer_config(
     registry_url: str,
     batch_size: int,
     metrics_port: int,
-    max_wait_ms: int | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a stream-scorer TOML config: the shipped defaults plus what a run must set.
 
-    ``max_wait_ms`` overrides the shipped ``batch.max_wait_ms`` (for the tuned latency variant).
+    ``overrides`` sets further keys by section (for the variant measured beside the default).
     """
     sections: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "client_id": group},
         "topics": dict(topics),
         "schema": {"wire_format": "confluent", "registry_url": registry_url},
         "model": {"path": "models/fraud/1"},
-        "batch": {"max_size": batch_size}
-        | ({} if max_wait_ms is None else {"max_wait_ms": max_wait_ms}),
+        "batch": {"max_size": batch_size},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "log": {"level": "warning"},
     }
+    for section, values in (overrides or {}).items():
+        sections[section] = {**sections.get(section, {}), **values}
     lines = ["# Written by bench/run.py for one benchmark run."]
     for section, values in sections.items():
         lines.append(f"\n[{section}]")
