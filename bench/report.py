@@ -202,7 +202,7 @@ def format_tables(results: dict[str, Any]) -> str:
     throughput = results.get("throughput", {})
     latency = results.get("latency", {})
     loads = [str(load) for load in results.get("config", {}).get("loads", [])]
-    header = f"{'contender':<16}{'events/s':>11}{'ratio':>8}{'CPU s/M':>9}{'peak RSS MB':>12}"
+    header = f"{'contender':<23}{'events/s':>11}{'ratio':>8}{'CPU s/M':>9}{'peak RSS MB':>12}"
     for load in loads:
         header += f"{'p50/p95/p99 ms @' + load + '/s':>28}"
     out += ["Throughput (whole data set) and end-to-end latency", header, "-" * len(header)]
@@ -212,7 +212,7 @@ def format_tables(results: dict[str, Any]) -> str:
             continue
         ratio = 1.0 if name == "stream-scorer" else _ratio(results, name) if row else None
         line = (
-            f"{name:<16}{_fmt(row.get('events_per_s')):>11}"
+            f"{name:<23}{_fmt(row.get('events_per_s')):>11}"
             f"{(_fmt(ratio, 2) + 'x') if ratio else '-':>8}"
             f"{_fmt(row.get('cpu_s_per_million'), 1):>9}{_fmt(row.get('peak_rss_mb'), 0):>12}"
         )
