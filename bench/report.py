@@ -27,6 +27,8 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("vs_quix", "stream-scorer / Quix Streams throughput", "min", 8.0),
     ("p99_20k", "stream-scorer p99 latency at 20,000 events/s (ms)", "max", 15.0),
     ("rss", "stream-scorer peak RSS at full speed (MB)", "max", 300.0),
+    # "Flat over a 5-minute run": RSS in the last minute at most 10 % above minute 2's.
+    ("rss_flat", "stream-scorer RSS growth over the soak (%)", "max", 10.0),
 )
 #: Contenders in table order; stream-scorer first, it is the reference of every ratio.
 CONTENDER_ORDER = ("stream-scorer", "stream-scorer-barrier", "fastavro-batch", "naive", "quix")
@@ -132,6 +134,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "vs_quix": _ratio(results, "quix"),
         "p99_20k": p99,
         "rss": scorer.get("peak_rss_mb"),
+        "rss_flat": results.get("soak", {}).get("growth_percent"),
     }
     verdicts = []
     for target_id, description, kind, threshold in TARGETS:
@@ -193,6 +196,15 @@ def _detail_lines(results: dict[str, Any]) -> list[str]:
         out += ["", "stream-scorer scaling (consumer-group members on this machine)"]
         for members, row in scaling.items():
             out.append(f"  {members} member(s){_fmt(row.get('events_per_s')):>11} events/s")
+    soak = results.get("soak")
+    if soak:
+        out += [
+            "",
+            f"stream-scorer memory soak ({_fmt(soak['offered_events_per_s'])} events/s offered, "
+            f"{soak['duration_s']:.0f} s)",
+            f"  RSS {soak['rss_early_mb']:.1f} MB in minute 2, {soak['rss_late_mb']:.1f} MB in "
+            f"the last minute ({soak['growth_percent']:+.1f} %), peak {soak['peak_rss_mb']:.1f} MB",
+        ]
     return out
 
 

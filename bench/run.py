@@ -41,7 +41,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.infra import REPO, Cluster, spawn, terminate, write_scorer_config
-from bench.monitor import RunMeasurement, measure_run
+from bench.monitor import RunMeasurement, TreeSampler, measure_run
 from bench.report import evaluate_targets, format_tables, machine_info, plot_results
 from scripts.kafka_broker import find_free_ports
 from stream_scorer.model_card import ModelCard
@@ -80,6 +80,9 @@ CONTENDERS = ("stream-scorer", "fastavro-batch", "naive", "quix")
 #: pipelined at-least-once loop turned into a barrier (every batch acknowledged before the next
 #: is consumed, a commit after every batch), to show what the pipelining is worth.
 TUNED_VARIANT = "stream-scorer-barrier"
+#: Offered load (events/s) of the memory soak, and how often its RSS is sampled.
+SOAK_LOAD = 20_000
+SOAK_SAMPLE_S = 1.0
 TUNED_OVERRIDES: dict[str, dict[str, Any]] = {
     "delivery": {"max_in_flight_batches": 1, "commit_interval_ms": 0}
 }
@@ -100,6 +103,7 @@ class Plan:
     sweep: bool
     scaling: bool
     latency: bool
+    soak_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +433,54 @@ class Harness:
             )
         return row
 
+    def soak(self) -> None:
+        """stream-scorer's memory over a long run at a steady offered load (is RSS flat?)."""
+        load, duration_s, tag = SOAK_LOAD, self.plan.soak_s, "soak"
+        topics = {
+            "input": self.cluster.create_topic(self._name(tag, "input"), PARTITIONS),
+            **self._output_topics(tag),
+        }
+        group = self._name(tag)
+        launch = self._launch("stream-scorer", group, topics, BATCH_SIZE, tag)
+        producer_config = write_scorer_config(
+            self.configs / f"{tag}-producer.toml",
+            self.cluster.bootstrap,
+            f"{group}-producer",
+            topics,
+            self.cluster.registry_url,
+            BATCH_SIZE,
+            0,
+        )
+        script = Path(sys.executable).parent / "stream-scorer"
+        count = int(load * duration_s)
+        self._say(f"soak: stream-scorer at {load:,} events/s for {duration_s:.0f} s")
+        series: list[tuple[float, float]] = []
+        with self._started([launch], tag) as processes:
+            self._wait_joined(group, processes, tag)
+            sampler = TreeSampler([p.pid for p in processes])
+            producer = spawn(
+                [str(script), "produce", "--config", str(producer_config), "--rate", str(load),
+                 "--count", str(count), "--seed", str(DATASET_SEED + 7)],
+                self.logs / f"{tag}-producer.log",
+            )  # fmt: skip
+            self.running.append(producer)
+            started = time.monotonic()
+            try:
+                while producer.poll() is None and time.monotonic() - started < duration_s * 2:
+                    _, rss = sampler.sample()
+                    series.append((time.monotonic() - started, rss / 2**20))
+                    time.sleep(SOAK_SAMPLE_S)  # the sampling period, not a wait for an event
+            finally:
+                terminate(producer)
+                self.running.remove(producer)
+        self.results["soak"] = _soak_summary(series, load, duration_s)
+        row = self.results["soak"]
+        self._say(
+            f"  RSS {row['rss_early_mb']:.0f} MB in minute 2, "
+            f"{row['rss_late_mb']:.0f} MB in the last minute, peak {row['peak_rss_mb']:.0f} MB "
+            f"(growth {row['growth_percent']:+.1f} %)"
+        )
+
     def latency(self) -> None:
         """Every contender at every offered load."""
         self.results["latency"] = {}
@@ -470,6 +522,29 @@ def _scrape(url: str) -> dict[str, Any]:
             elif sample.name.endswith("_count"):
                 stages.setdefault(stage, {})["batches"] = sample.value
     return {"stages": stages, "consumed": consumed}
+
+
+def _soak_summary(
+    series: list[tuple[float, float]], load: int, duration_s: float
+) -> dict[str, Any]:
+    """Median RSS in minute 2 (after warm-up) and in the last minute of the soak (a fifth of
+    it when shorter than 5 min), and the growth between them."""
+    span = min(60.0, duration_s / 5)
+    end = series[-1][0] if series else 0.0
+    first = [m for t, m in series if span <= t < 2 * span]
+    last = [m for t, m in series if t >= end - span]
+    first_mb = float(np.median(first)) if first else 0.0
+    last_mb = float(np.median(last)) if last else 0.0
+    return {
+        "offered_events_per_s": load,
+        "duration_s": round(end, 1),
+        "window_s": span,
+        "rss_early_mb": round(first_mb, 1),
+        "rss_late_mb": round(last_mb, 1),
+        "peak_rss_mb": round(max((m for _, m in series), default=0.0), 1),
+        "growth_percent": round(100 * (last_mb - first_mb) / first_mb, 2) if first_mb else 0.0,
+        "rss_series_mb": [(round(t, 1), round(m, 1)) for t, m in series],
+    }
 
 
 def _stage_split(metrics: dict[str, Any], events_per_s: float) -> dict[str, Any]:
@@ -556,7 +631,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--sweep-events", type=int, default=None, help="per sweep run (200000)")
     parser.add_argument("--run-timeout-s", type=float, default=900.0)
-    parser.add_argument("--skip", default="", help="phases to skip: sweep,scaling,latency")
+    parser.add_argument("--skip", default="", help="phases to skip: sweep,scaling,latency,soak")
+    parser.add_argument("--soak-s", type=float, default=None, help="soak length (300; quick 30)")
     parser.add_argument(
         "--publish", type=Path, default=None,
         help="also copy results.json and the PNGs here (e.g. docs/perf)",
@@ -584,6 +660,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         sweep="sweep" not in skip,
         scaling="scaling" not in skip,
         latency="latency" not in skip,
+        soak_s=0.0 if "soak" in skip else (args.soak_s or (30.0 if quick else 300.0)),
     )
 
 
@@ -637,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
             _phase("scaling", results, harness.scaling)
         if plan.latency:
             _phase("latency", results, harness.latency)
+        if plan.soak_s > 0:
+            _phase("soak", results, harness.soak)
     finally:
         harness.stop_all()
         cluster.close()

@@ -19,6 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from scripts.kafka_broker import KafkaBroker
 
+from .helpers import stream_topics
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["MakeTopic"]
@@ -128,3 +130,10 @@ def make_topic(admin: AdminClient) -> Iterator[MakeTopic]:
         for future in admin.delete_topics(created, request_timeout=TOPIC_TIMEOUT_S).values():
             future.result(timeout=TOPIC_TIMEOUT_S)
         wait_for_topics(admin, set(created), present=False)
+
+
+@pytest.fixture
+def topics(make_topic: MakeTopic) -> dict[str, str]:
+    """Fresh input (4 partitions), alert (4) and dead-letter (1) topics. A module that needs
+    another shape defines its own ``topics`` fixture."""
+    return stream_topics(make_topic)

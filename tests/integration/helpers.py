@@ -181,3 +181,13 @@ class RunningScorer:
         self.thread.join(timeout_s)
         assert not self.thread.is_alive(), "scorer did not stop"
         return self.exit_code
+
+
+def stream_topics(make_topic: Any, partitions: int = 4) -> dict[str, str]:
+    """Fresh input and alert topics of ``partitions`` partitions and a one-partition
+    dead-letter topic, named as scorer configs and tests expect them."""
+    return {
+        "input": make_topic("in", partitions=partitions),
+        "alerts": make_topic("alerts", partitions=partitions),
+        "dead_letter": make_topic("dlq", partitions=1),
+    }

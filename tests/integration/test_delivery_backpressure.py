@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,16 +18,6 @@ QUEUE_MESSAGES = 10
 #: Peak RSS allowed (MiB). Measured 109 MiB on a 2-core machine: Python, numpy, onnxruntime
 #: and the model, plus prefetch bounded by queued.max.messages.kbytes (16 MiB) and one batch.
 RSS_BOUND_MIB = 200
-
-
-@pytest.fixture
-def topics(make_topic: Any) -> dict[str, str]:
-    """Fresh input (4 partitions), alert (4) and dead-letter (1) topics."""
-    return {
-        "input": make_topic("in", partitions=4),
-        "alerts": make_topic("alerts", partitions=4),
-        "dead_letter": make_topic("dlq", partitions=1),
-    }
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import pytest
 
 from .helpers import committed_offsets, end_offsets, read_topic, wait_until
 from .scorer_process import (
+    THRESHOLD,
     PacedProducer,
     ScorerProcess,
     base_config,
@@ -39,24 +40,11 @@ KILLS = 10
 #: member's restart gets them at once, so its delays are longer to spread kills over the stream.
 KILL_DELAY_S = (0.5, 3.5)
 STATIC_KILL_DELAY_S = (2.5, 6.5)
-#: Model threshold for these tests: ~12 % of events flagged, so most batches (and most
-#: transactions a kill interrupts) carry alerts. The shipped threshold flags ~0.5 %.
-THRESHOLD = 0.005
 #: Largest micro-batch: with the batches in flight, bounds what one crash can make the next
 #: owner publish again.
 MAX_BATCH = 500
 #: delivery.max_in_flight_batches (the shipped default).
 IN_FLIGHT = 4
-
-
-@pytest.fixture
-def topics(make_topic: Any) -> dict[str, str]:
-    """Fresh input (4 partitions), alert (4) and dead-letter (1) topics."""
-    return {
-        "input": make_topic("in", partitions=4),
-        "alerts": make_topic("alerts", partitions=4),
-        "dead_letter": make_topic("dlq", partitions=1),
-    }
 
 
 def republished_after_kill(process: ScorerProcess) -> int:

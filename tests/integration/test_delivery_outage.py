@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from scripts.kafka_broker import KafkaBroker
 
 from .helpers import committed_offsets, end_offsets, read_topic, wait_until
 from .scorer_process import (
+    THRESHOLD,
     PacedProducer,
     ScorerProcess,
     base_config,
@@ -33,18 +33,6 @@ EVENTS = 30_000
 RATE_PER_S = 750.0
 #: How long the broker stays down, counted from its process having exited.
 OUTAGE_S = 15.0
-#: ~12 % of events flagged.
-THRESHOLD = 0.005
-
-
-@pytest.fixture
-def topics(make_topic: Any) -> dict[str, str]:
-    """Fresh input (4 partitions), alert (4) and dead-letter (1) topics."""
-    return {
-        "input": make_topic("in", partitions=4),
-        "alerts": make_topic("alerts", partitions=4),
-        "dead_letter": make_topic("dlq", partitions=1),
-    }
 
 
 @pytest.mark.slow

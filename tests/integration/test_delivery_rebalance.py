@@ -12,8 +12,9 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from .helpers import committed_offsets, end_offsets, read_topic, wait_until
+from .helpers import committed_offsets, end_offsets, read_topic, stream_topics, wait_until
 from .scorer_process import (
+    THRESHOLD,
     PacedProducer,
     ScorerProcess,
     base_config,
@@ -28,8 +29,6 @@ from .scorer_process import (
 EVENTS = 30_000
 #: Offered load: the stream lasts ~50 s, long enough for a kill and a join mid-stream.
 RATE_PER_S = 600.0
-#: ~12 % of events flagged, so every transaction a kill interrupts likely holds alerts.
-THRESHOLD = 0.005
 #: Partitions of the input topic, shared by the members.
 PARTITIONS = 6
 
@@ -37,11 +36,7 @@ PARTITIONS = 6
 @pytest.fixture
 def topics(make_topic: Any) -> dict[str, str]:
     """Fresh input (6 partitions), alert (6) and dead-letter (1) topics."""
-    return {
-        "input": make_topic("in", partitions=PARTITIONS),
-        "alerts": make_topic("alerts", partitions=PARTITIONS),
-        "dead_letter": make_topic("dlq", partitions=1),
-    }
+    return stream_topics(make_topic, PARTITIONS)
 
 
 def group_assignment(admin: AdminClient, group: str) -> dict[str, set[int]]:

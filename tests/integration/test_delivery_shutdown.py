@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from .helpers import committed_offsets, end_offsets, produce_values, read_topic, wait_until
 from .scorer_process import (
+    THRESHOLD,
     ScorerProcess,
     base_config,
     check_alerts,
@@ -25,18 +25,6 @@ from .scorer_process import (
 EVENTS = 40_000
 #: Measured SIGTERM → exit on a 2-core machine: well under 2 s; the bound leaves CI headroom.
 SHUTDOWN_BOUND_S = 10.0
-#: Threshold flagging ~12 % of events, so every batch publishes alerts before it commits.
-THRESHOLD = 0.005
-
-
-@pytest.fixture
-def topics(make_topic: Any) -> dict[str, str]:
-    """Fresh input (4 partitions), alert (4) and dead-letter (1) topics."""
-    return {
-        "input": make_topic("in", partitions=4),
-        "alerts": make_topic("alerts", partitions=4),
-        "dead_letter": make_topic("dlq", partitions=1),
-    }
 
 
 @pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])

@@ -44,16 +44,6 @@ def registry_url() -> Iterator[str]:
         yield registry.url
 
 
-@pytest.fixture
-def topics(make_topic: Any) -> dict[str, str]:
-    """Fresh input (4 partitions), alert and dead-letter topics."""
-    return {
-        "input": make_topic(partitions=4),
-        "alerts": make_topic(partitions=4),
-        "dead_letter": make_topic(partitions=1),
-    }
-
-
 def decode_alert(message: Message) -> dict[str, Any]:
     """The alert record of a Confluent-framed alert message."""
     value = message.value()

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder
+from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, Decoder
 from stream_scorer.encode import AlertEncoder
 from stream_scorer.errors import FatalError, ModelError, PublishError
 from stream_scorer.featurize import FeatureBuilder
@@ -148,14 +148,17 @@ def build(
     alert_schema: dict[str, Any],
     registry: CollectorRegistry,
 ) -> Build:
-    """``build(scorer_cls=AmountScorer, sink=None)`` → a plain-Avro pipeline and its sink."""
+    """``build(scorer_cls=AmountScorer, sink=None, decoder=None)`` → a plain-Avro pipeline
+    (record decoder unless ``decoder`` is given) and its sink."""
 
     def make(
-        scorer_cls: type[AmountScorer] = AmountScorer, sink: FakeSink | None = None
+        scorer_cls: type[AmountScorer] = AmountScorer,
+        sink: FakeSink | None = None,
+        decoder: Decoder | None = None,
     ) -> tuple[Pipeline, FakeSink]:
         sink = sink or FakeSink()
         pipeline = Pipeline(
-            decoder=AvroDecoder(reader_schema, "plain"),
+            decoder=decoder or AvroDecoder(reader_schema, "plain"),
             model=_loaded(scorer_cls(card)),
             encoder=AlertEncoder(alert_schema, b"", "test-version"),
             sink=sink,
@@ -438,7 +441,7 @@ def test_unreachable_registry_is_fatal_and_produces_nothing(
 
 
 def test_flagged_event_that_does_not_decode_whole_is_dead_lettered(
-    card: ModelCard,
+    build: Build,
     reader_schema: dict[str, Any],
     alert_schema: dict[str, Any],
     records: Callable[..., list[SourceRecord]],
@@ -452,17 +455,7 @@ def test_flagged_event_that_does_not_decode_whole_is_dead_lettered(
     good = avro_bytes(reader_schema, event)
     broken = good.replace("Globex\u00e9".encode(), b"Globex\xff\xfe")
     assert broken != good and len(broken) == len(good)
-    sink = FakeSink()
-    pipeline = Pipeline(
-        decoder=ColumnarAvroDecoder(reader_schema, "plain"),
-        model=_loaded(AmountScorer(card)),
-        encoder=AlertEncoder(alert_schema, b"", "test-version"),
-        sink=sink,
-        alert_topic=ALERTS,
-        dead_letter_topic=DLQ,
-        scorer_version="test-version",
-        clock_ms=lambda: NOW_MS,
-    )
+    pipeline, sink = build(decoder=ColumnarAvroDecoder(reader_schema, "plain"))
 
     result = pipeline.process(records(90.0, broken, 10.0))
 
