@@ -93,7 +93,10 @@ class BatchResult:
 
 def event_timestamps_ms(records: Sequence[SourceRecord]) -> NDArray[np.int64]:
     """Broker timestamps of the records that have one (epoch ms)."""
-    timestamps = np.fromiter((r.timestamp_ms for r in records), np.int64, len(records))
+    if not records:
+        return np.empty(0, np.int64)
+    # Transposed in C: one pass of zip instead of a generator over every record.
+    timestamps = np.asarray(tuple(zip(*records, strict=True))[6], dtype=np.int64)
     return timestamps[timestamps > 0]
 
 

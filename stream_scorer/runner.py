@@ -43,7 +43,7 @@ from stream_scorer.app import (
     load_model,
     load_schema,
 )
-from stream_scorer.commit import OffsetCommitter, offsets_to_commit
+from stream_scorer.commit import OffsetCommitter, partition_spans, spans_to_offsets
 from stream_scorer.consume import BatchConsumer, consumer_config, max_poll_interval_s
 from stream_scorer.errors import ConfigurationError, FatalError, PublishError
 from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
@@ -115,14 +115,9 @@ def check_batch_time_bounds(
         raise ConfigurationError(msg)
 
 
-def _ranges(records: list[SourceRecord]) -> dict[str, list[int]]:
-    """First and last offset per partition of a batch, keyed ``"<partition>"``."""
-    ranges: dict[str, list[int]] = {}
-    for record in records:
-        span = ranges.setdefault(str(record.partition), [record.offset, record.offset])
-        span[0] = min(span[0], record.offset)
-        span[1] = max(span[1], record.offset)
-    return ranges
+def _ranges(spans: Mapping[tuple[str, int], tuple[int, int]]) -> dict[str, list[int]]:
+    """First and last offset per partition of a batch, keyed ``"<partition>"`` (for logs)."""
+    return {str(partition): [first, last] for (_, partition), (first, last) in spans.items()}
 
 
 class Totals:
@@ -377,10 +372,11 @@ class Runner:
         except TransactionAbortedError as exc:
             self._rewind(consumer, records, exc)
             return
-        offsets = offsets_to_commit(records)
+        spans = partition_spans(records)
+        offsets = spans_to_offsets(spans)
         # One debug line per batch, before and after its commit: a crash between the two
         # shows exactly which acknowledged results a restart will publish again.
-        ranges = _ranges(records)
+        ranges = _ranges(spans)
         log.debug("batch_flushed", records=len(records), ranges=ranges)
         tick = time.perf_counter()
         try:
@@ -405,10 +401,11 @@ class Runner:
         """At-least-once: score and produce the batch, then go on to the next one while its
         acknowledgements arrive; its offsets are committed once it and every batch before it
         are acknowledged. At most ``delivery.max_in_flight_batches`` batches wait for acks."""
+        spans = partition_spans(records)
         ticket = self._tracker.open(
-            offsets_to_commit(records), event_timestamps_ms(records), len(records)
+            spans_to_offsets(spans), event_timestamps_ms(records), len(records)
         )
-        ticket.ranges = _ranges(records)
+        ticket.ranges = _ranges(spans)
         publisher.track(ticket)
         try:
             result = pipeline.process(records, wait_acks=False)

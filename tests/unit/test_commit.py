@@ -15,6 +15,7 @@ from stream_scorer.commit import (
     RebalanceCommitError,
     commit_offsets,
     offsets_to_commit,
+    partition_spans,
 )
 from stream_scorer.errors import CommitError, FatalError
 from stream_scorer.records import SourceRecord
@@ -229,3 +230,14 @@ def test_committer_sync_commit_refused_by_a_rebalance_is_not_fatal() -> None:
     committer.acknowledge([TopicPartition("t", 0, 10)])
 
     assert committer.commit_sync(consumer, {("t", 0)}) == []  # type: ignore[arg-type]
+
+
+def test_partition_spans_are_first_and_last_offset_per_partition(make_record: MakeRecord) -> None:
+    """One topic (the numpy path) and several topics (the loop) give the same spans."""
+    coordinates = [("a", 1, o) for o in (7, 3, 9)] + [("a", 0, o) for o in (100, 42)]
+    records = [make_record(b"", offset=o, partition=p, topic=t) for t, p, o in coordinates]
+    assert partition_spans(records) == {("a", 0): (42, 100), ("a", 1): (3, 9)}
+
+    mixed = [*records, make_record(b"", offset=5, partition=0, topic="b")]
+    assert partition_spans(mixed) == {("a", 0): (42, 100), ("a", 1): (3, 9), ("b", 0): (5, 5)}
+    assert partition_spans([]) == {}
