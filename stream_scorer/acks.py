@@ -108,10 +108,6 @@ class AckTracker:
             done.append(self._tickets.popleft())
         return _merge([t.offsets for t in done]), done
 
-    def failures(self) -> list[str]:
-        """Delivery failures of any batch in flight."""
-        return [f for ticket in self._tickets for f in ticket.failures]
-
     def oldest(self) -> BatchTicket | None:
         """The oldest batch not yet committable, if any."""
         return self._tickets[0] if self._tickets else None

@@ -29,7 +29,6 @@ __all__ = [
     "OffsetCommitter",
     "RebalanceCommitError",
     "commit_offsets",
-    "offsets_to_commit",
     "partition_spans",
     "spans_to_offsets",
 ]
@@ -84,11 +83,6 @@ def partition_spans(records: Sequence[SourceRecord]) -> dict[tuple[str, int], tu
         mine = offs[parts == partition]
         result[(topic, partition)] = (int(mine.min()), int(mine.max()))
     return result
-
-
-def offsets_to_commit(records: Sequence[SourceRecord]) -> list[TopicPartition]:
-    """Next offset to read per partition: highest offset in the batch + 1."""
-    return spans_to_offsets(partition_spans(records))
 
 
 def spans_to_offsets(spans: Mapping[tuple[str, int], tuple[int, int]]) -> list[TopicPartition]:

@@ -233,7 +233,7 @@ class Runner:
             isolation_level="read_committed" if self.exactly_once else None,
         )
         log.info(
-            "starting",
+            "connecting",
             version=__version__,
             delivery=settings.delivery.mode,
             input=settings.topics.input,

@@ -14,8 +14,8 @@ from stream_scorer.commit import (
     OffsetCommitter,
     RebalanceCommitError,
     commit_offsets,
-    offsets_to_commit,
     partition_spans,
+    spans_to_offsets,
 )
 from stream_scorer.errors import CommitError, FatalError
 from stream_scorer.records import SourceRecord
@@ -72,17 +72,19 @@ def test_highest_offset_plus_one_per_partition_regardless_of_order(
     random.Random(4).shuffle(coordinates)
     records = [make_record(b"", offset=o, partition=p, topic=t) for t, p, o in coordinates]
 
-    assert _triples(offsets_to_commit(records)) == [("a", 0, 10), ("a", 1, 102), ("b", 0, 4)]
+    offsets = spans_to_offsets(partition_spans(records))
+    assert _triples(offsets) == [("a", 0, 10), ("a", 1, 102), ("b", 0, 4)]
 
 
 def test_offset_zero_commits_one(make_record: MakeRecord) -> None:
     """A batch holding only offset 0 commits offset 1."""
-    assert _triples(offsets_to_commit([make_record(b"", offset=0)])) == [("transactions", 0, 1)]
+    offsets = spans_to_offsets(partition_spans([make_record(b"", offset=0)]))
+    assert _triples(offsets) == [("transactions", 0, 1)]
 
 
 def test_empty_batch_commits_nothing() -> None:
     """No records, no offsets."""
-    assert offsets_to_commit([]) == []
+    assert spans_to_offsets(partition_spans([])) == []
 
 
 def test_commit_is_synchronous_with_the_given_offsets() -> None:
