@@ -362,26 +362,9 @@ class Harness:
             self.plan.latency_min_alerts / (load * self.flagged_rate),
         )
         count = int(load * duration_s)
-        topics = {
-            "input": self.cluster.create_topic(self._name(tag, "input"), PARTITIONS),
-            **self._output_topics(tag),
-        }
-        group = self._name(tag)
-        launch = self._launch(contender, group, topics, BATCH_SIZE, tag)
-        producer_config = write_scorer_config(
-            self.configs / f"{tag}-producer.toml",
-            self.cluster.bootstrap,
-            f"{group}-producer",
-            topics,
-            self.cluster.registry_url,
-            BATCH_SIZE,
-            0,
+        group, topics, launch, producer_argv = self._loaded_run(
+            contender, tag, load, count, DATASET_SEED + load
         )
-        script = Path(sys.executable).parent / "stream-scorer"
-        producer_argv = [
-            str(script), "produce", "--config", str(producer_config),
-            "--rate", str(load), "--count", str(count), "--seed", str(DATASET_SEED + load),
-        ]  # fmt: skip
         with self._started([launch], tag) as processes:
             self._wait_joined(group, processes, tag)
             start_ms = time.time_ns() // 1_000_000
@@ -433,15 +416,18 @@ class Harness:
             )
         return row
 
-    def soak(self) -> None:
-        """stream-scorer's memory over a long run at a steady offered load (is RSS flat?)."""
-        load, duration_s, tag = SOAK_LOAD, self.plan.soak_s, "soak"
+    def _loaded_run(
+        self, contender: str, tag: str, load: int, count: int, seed: int
+    ) -> tuple[str, dict[str, str], Launch, list[str]]:
+        """Fresh topics for a run under offered load: the contender's group, topics and launch,
+        and the command line of a ``stream-scorer produce`` writing ``count`` events at
+        ``load`` events/s into the input topic."""
         topics = {
             "input": self.cluster.create_topic(self._name(tag, "input"), PARTITIONS),
             **self._output_topics(tag),
         }
         group = self._name(tag)
-        launch = self._launch("stream-scorer", group, topics, BATCH_SIZE, tag)
+        launch = self._launch(contender, group, topics, BATCH_SIZE, tag)
         producer_config = write_scorer_config(
             self.configs / f"{tag}-producer.toml",
             self.cluster.bootstrap,
@@ -452,17 +438,25 @@ class Harness:
             0,
         )
         script = Path(sys.executable).parent / "stream-scorer"
+        producer_argv = [
+            str(script), "produce", "--config", str(producer_config),
+            "--rate", str(load), "--count", str(count), "--seed", str(seed),
+        ]  # fmt: skip
+        return group, topics, launch, producer_argv
+
+    def soak(self) -> None:
+        """stream-scorer's memory over a long run at a steady offered load (is RSS flat?)."""
+        load, duration_s, tag = SOAK_LOAD, self.plan.soak_s, "soak"
         count = int(load * duration_s)
+        group, _, launch, producer_argv = self._loaded_run(
+            "stream-scorer", tag, load, count, DATASET_SEED + 7
+        )
         self._say(f"soak: stream-scorer at {load:,} events/s for {duration_s:.0f} s")
         series: list[tuple[float, float]] = []
         with self._started([launch], tag) as processes:
             self._wait_joined(group, processes, tag)
             sampler = TreeSampler([p.pid for p in processes])
-            producer = spawn(
-                [str(script), "produce", "--config", str(producer_config), "--rate", str(load),
-                 "--count", str(count), "--seed", str(DATASET_SEED + 7)],
-                self.logs / f"{tag}-producer.log",
-            )  # fmt: skip
+            producer = spawn(producer_argv, self.logs / f"{tag}-producer.log")
             self.running.append(producer)
             started = time.monotonic()
             try:
