@@ -160,3 +160,62 @@ def test_failed_delivery_stops_the_loop_without_committing() -> None:
     with pytest.raises(PublishError, match="broker said no"):
         runner._settle(consumer, publisher)  # type: ignore[arg-type]
     assert consumer.consumer.commits == []
+
+
+class DrainingPublisher(FakePublisher):
+    """Acknowledges everything queued when drained, as Producer.flush does."""
+
+    def drain(self, timeout_s: float) -> int:
+        """Deliver every queued message; nothing left outstanding."""
+        del timeout_s
+        while self.queued:
+            self.poll()
+        return 0
+
+
+def wired(runner: Runner) -> tuple[FakeBatchConsumer, DrainingPublisher]:
+    """Give the runner a fake consumer and publisher, as run() does with real ones."""
+    consumer, publisher = FakeBatchConsumer(), DrainingPublisher()
+    runner._consumer, runner._publisher = consumer, publisher  # type: ignore[assignment]
+    return consumer, publisher
+
+
+def test_revocation_waits_for_batches_in_flight_and_commits_them() -> None:
+    """On revocation every batch in flight is acknowledged first, then the offsets of all held
+    partitions are committed synchronously, and the revoked ones are forgotten."""
+    runner = runner_with(commit_interval_ms=60_000)
+    consumer, publisher = wired(runner)
+    batch(runner, publisher, 0, 10, alerts=2)
+    batch(runner, publisher, 1, 20, alerts=1)
+
+    runner._on_revoke([TopicPartition("in", 0)], lost=False)
+
+    assert consumer.consumer.commits == [([(0, 10), (1, 20)], False)]
+    assert len(runner._tracker) == 0
+    assert runner._committer.pending({("in", 0), ("in", 1)}) == []
+    runner._committer.acknowledge([TopicPartition("in", 1, 25)])
+    assert runner._committer.pending({("in", 0), ("in", 1)}) == [TopicPartition("in", 1, 25)]
+
+
+def test_lost_partitions_are_never_committed() -> None:
+    """Partitions lost (the group moved on) are drained and forgotten without a commit."""
+    runner = runner_with()
+    consumer, publisher = wired(runner)
+    batch(runner, publisher, 0, 10, alerts=1)
+
+    runner._on_revoke([TopicPartition("in", 0)], lost=True)
+
+    assert consumer.consumer.commits == []
+    assert runner._committer.pending({("in", 0)}) == []
+
+
+def test_revocation_after_a_fatal_error_commits_nothing() -> None:
+    """consumer.close() after a fatal error revokes the partitions: nothing is committed."""
+    runner = runner_with()
+    consumer, publisher = wired(runner)
+    batch(runner, publisher, 0, 10, alerts=1)
+    runner._commit_on_revoke = False
+
+    runner._on_revoke([TopicPartition("in", 0)], lost=False)
+
+    assert consumer.consumer.commits == []
