@@ -197,14 +197,28 @@ def check_batch(wire_format: str, values: list[bytes | None], parity: bool = Fal
             assert result.unflagged >= len(missed)
 
 
+#: Which base event to mutate, and the seed of its mutation; 1 to 40 per batch.
+PICKS = st.lists(
+    st.tuples(st.integers(0, len(BASE_EVENTS) - 1), st.integers(0, 2**32 - 1)),
+    min_size=1,
+    max_size=40,
+)
+
+
+def mutated(wire_format: str, picks: list[tuple[int, int]]) -> list[bytes | None]:
+    """One mutated message per pick: the picked base event, framed and mutated by its seed."""
+    values: list[bytes | None] = []
+    for index, seed in picks:
+        rng = random.Random(seed)
+        other = encode(BASE_EVENTS[rng.randrange(len(BASE_EVENTS))], wire_format)
+        values.append(mutate(encode(BASE_EVENTS[index], wire_format), other, rng))
+    return values
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     wire_format=st.sampled_from(WIRE_FORMATS),
-    picks=st.lists(
-        st.tuples(st.integers(0, len(BASE_EVENTS) - 1), st.integers(0, 2**32 - 1)),
-        min_size=1,
-        max_size=40,
-    ),
+    picks=PICKS,
     junk=st.lists(st.binary(max_size=80), max_size=5),
 )
 def test_mutated_avro_is_scored_or_dead_lettered(
@@ -212,35 +226,21 @@ def test_mutated_avro_is_scored_or_dead_lettered(
 ) -> None:
     """Any mix of valid, mutated and random messages is decoded and scored without an
     exception, each input ending as an alert, unflagged or a dead letter with its bytes."""
-    values: list[bytes | None] = []
-    for index, seed in picks:
-        rng = random.Random(seed)
-        other = encode(BASE_EVENTS[rng.randrange(len(BASE_EVENTS))], wire_format)
-        values.append(mutate(encode(BASE_EVENTS[index], wire_format), other, rng))
-    values.extend(junk)
+    values: list[bytes | None] = [*mutated(wire_format, picks), *junk]
     check_batch(wire_format, values)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     wire_format=st.sampled_from(WIRE_FORMATS),
-    picks=st.lists(
-        st.tuples(st.integers(0, len(BASE_EVENTS) - 1), st.integers(0, 2**32 - 1)),
-        min_size=1,
-        max_size=40,
-    ),
+    picks=PICKS,
 )
 def test_pipeline_dead_letters_what_the_reference_decoder_rejects(
     wire_format: str, picks: list[tuple[int, int]]
 ) -> None:
     """A message the reference AvroDecoder rejects is never an alert: it is dead-lettered, or (only
     when what is malformed is a field the model does not read) counted as unflagged."""
-    values: list[bytes | None] = []
-    for index, seed in picks:
-        rng = random.Random(seed)
-        other = encode(BASE_EVENTS[rng.randrange(len(BASE_EVENTS))], wire_format)
-        values.append(mutate(encode(BASE_EVENTS[index], wire_format), other, rng))
-    check_batch(wire_format, values, parity=True)
+    check_batch(wire_format, mutated(wire_format, picks), parity=True)
 
 
 @given(value=st.one_of(st.none(), st.binary(max_size=300)))
