@@ -1,4 +1,4 @@
-"""Stage 1: Kafka → one micro-batch of :class:`SourceRecord` per call.
+"""Stage 1: Kafka → one micro-batch (:class:`~stream_scorer.records.MessageBatch`) per call.
 
 A batch is what has arrived when the loop asks, up to ``batch.max_size`` messages: under load
 that is a full batch, and a light stream is scored in small batches at once rather than held
@@ -24,7 +24,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream_scorer.errors import FatalError
-from stream_scorer.records import SourceRecord
+from stream_scorer.records import MessageBatch
 
 __all__ = [
     "CONSUMER_DEFAULTS",
@@ -182,7 +182,7 @@ class BatchConsumer:
                 if int(partition) >= 0 and lag >= 0 and (topic, int(partition)) in self.assignment:
                     self._on_lag(topic, int(partition), lag)
 
-    def poll_batch(self) -> list[SourceRecord]:
+    def poll_batch(self) -> MessageBatch:
         """Consume one micro-batch; empty when nothing arrived within the wait.
 
         Raises:
@@ -203,32 +203,30 @@ class BatchConsumer:
         except KafkaException as exc:
             msg = f"consume failed: {exc}"
             raise FatalError(msg) from exc
-        records: list[SourceRecord] = []
-        append = records.append
+        # Checked in C. Not with list.count(None): KafkaError's == raises on None.
+        if any(map(Message.error, messages)):
+            messages = self._data_messages(messages)
+        return MessageBatch(messages)
+
+    @staticmethod
+    def _data_messages(messages: list[Message]) -> list[Message]:
+        """The messages that carry data; errors are logged, and fatal ones raised.
+
+        Raises:
+            FatalError: librdkafka reported a fatal consumer error.
+        """
+        data = []
         for message in messages:
             error = message.error()
-            if error is not None:
-                if error.fatal():
-                    msg = f"fatal consumer error: {error}"
-                    raise FatalError(msg)
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer_message_error", error=str(error))
+            if error is None:
+                data.append(message)
                 continue
-            headers = message.headers()
-            timestamp_ms = message.timestamp()[1]
-            # Positional, in field order: this loop runs once per consumed message.
-            append(
-                SourceRecord(
-                    message.topic(),  # type: ignore[arg-type]  # set on every data message
-                    message.partition(),  # type: ignore[arg-type]  # likewise
-                    message.offset(),  # type: ignore[arg-type]  # likewise
-                    message.key(),
-                    message.value(),
-                    tuple(headers) if headers else (),  # type: ignore[arg-type]  # (str, bytes)
-                    timestamp_ms if timestamp_ms > 0 else 0,
-                )
-            )
-        return records
+            if error.fatal():
+                msg = f"fatal consumer error: {error}"
+                raise FatalError(msg)
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer_message_error", error=str(error))
+        return data
 
     def close(self) -> None:
         """Leave the group and close the consumer."""

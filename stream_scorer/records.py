@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
+from confluent_kafka import Message
 from numpy.typing import DTypeLike, NDArray
 
 __all__ = [
@@ -19,11 +21,13 @@ __all__ = [
     "Event",
     "FieldColumn",
     "Header",
+    "MessageBatch",
     "Rejected",
     "Scored",
     "SourceRecord",
     "Stage",
     "ValuesColumn",
+    "batch_values",
 ]
 
 Header = tuple[str, bytes | None]
@@ -53,6 +57,104 @@ class SourceRecord(NamedTuple):
     def coordinates(self) -> str:
         """The record's origin as ``topic[partition]@offset``, for logs."""
         return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+class MessageBatch(Sequence[SourceRecord]):
+    """One consumed micro-batch: the consumer's messages, read a field at a time.
+
+    The stages read a batch by column (every value to decode, every partition and offset to
+    commit, every timestamp to time), so those are taken from the messages in C, one ``map``
+    per field; a :class:`SourceRecord` is built only for the rows that are asked for one
+    (flagged events and dead letters). Building a record per message and transposing the
+    records back into columns cost about 1 µs per event, a tenth of the whole loop.
+
+    Every message must be a data message (no error), as :class:`~stream_scorer.consume.
+    BatchConsumer` hands them on.
+    """
+
+    __slots__ = ("_messages", "_offsets", "_partitions", "_timestamps", "_topics", "values")
+
+    def __init__(self, messages: list[Message]) -> None:
+        """Wrap data messages; their values are taken at once (decode reads them all)."""
+        self._messages = messages
+        #: Every message's value, in batch order.
+        self.values: list[bytes | None] = list(map(Message.value, messages))
+        self._topics: list[str] | None = None
+        self._partitions: NDArray[np.int64] | None = None
+        self._offsets: NDArray[np.int64] | None = None
+        self._timestamps: NDArray[np.int64] | None = None
+
+    def __len__(self) -> int:
+        """Messages in the batch."""
+        return len(self._messages)
+
+    @overload
+    def __getitem__(self, index: int) -> SourceRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SourceRecord]: ...
+    def __getitem__(self, index: int | slice) -> SourceRecord | Sequence[SourceRecord]:
+        """The record of one message (built on demand), or a list of them for a slice."""
+        if isinstance(index, slice):
+            return [_record(m) for m in self._messages[index]]
+        return _record(self._messages[index])
+
+    @property
+    def topics(self) -> list[str]:
+        """Each message's topic."""
+        if self._topics is None:
+            self._topics = list(map(Message.topic, self._messages))  # type: ignore[arg-type]
+        return self._topics
+
+    @property
+    def partitions(self) -> NDArray[np.int64]:
+        """Each message's partition."""
+        if self._partitions is None:
+            self._partitions = np.fromiter(
+                map(Message.partition, self._messages), np.int64, len(self._messages)
+            )
+        return self._partitions
+
+    @property
+    def offsets(self) -> NDArray[np.int64]:
+        """Each message's offset."""
+        if self._offsets is None:
+            self._offsets = np.fromiter(
+                map(Message.offset, self._messages), np.int64, len(self._messages)
+            )
+        return self._offsets
+
+    @property
+    def timestamps_ms(self) -> NDArray[np.int64]:
+        """Each message's timestamp in epoch ms; 0 where the broker gave none."""
+        if self._timestamps is None:
+            stamps = np.fromiter(
+                map(itemgetter(1), map(Message.timestamp, self._messages)),
+                np.int64,
+                len(self._messages),
+            )
+            self._timestamps = np.maximum(stamps, 0)
+        return self._timestamps
+
+
+def _record(message: Message) -> SourceRecord:
+    headers = message.headers()
+    timestamp_ms = message.timestamp()[1]
+    return SourceRecord(
+        message.topic(),  # type: ignore[arg-type]  # set on every data message
+        message.partition(),  # type: ignore[arg-type]  # likewise
+        message.offset(),  # type: ignore[arg-type]  # likewise
+        message.key(),
+        message.value(),
+        tuple(headers) if headers else (),  # type: ignore[arg-type]  # (str, bytes)
+        timestamp_ms if timestamp_ms > 0 else 0,
+    )
+
+
+def batch_values(records: Sequence[SourceRecord]) -> list[bytes | None]:
+    """The value of every record of a batch, in order (a :class:`MessageBatch` has them)."""
+    if isinstance(records, MessageBatch):
+        return records.values
+    return [record.value for record in records]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -359,7 +359,7 @@ class Runner:
 
     def _process(
         self,
-        records: list[SourceRecord],
+        records: Sequence[SourceRecord],
         consumer: BatchConsumer,
         pipeline: Pipeline,
         publisher: ResultPublisher,
@@ -392,7 +392,7 @@ class Runner:
 
     def _process_pipelined(
         self,
-        records: list[SourceRecord],
+        records: Sequence[SourceRecord],
         consumer: BatchConsumer,
         pipeline: Pipeline,
         publisher: ResultPublisher,
@@ -536,7 +536,9 @@ class Runner:
         if failure is not None:
             raise failure
 
-    def _rewind(self, consumer: BatchConsumer, records: list[SourceRecord], exc: Exception) -> None:
+    def _rewind(
+        self, consumer: BatchConsumer, records: Sequence[SourceRecord], exc: Exception
+    ) -> None:
         """Seek back to the batch's first offsets so an aborted batch is scored again.
 
         Raises:

@@ -33,6 +33,7 @@ from stream_scorer.records import (
     Rejected,
     SourceRecord,
     ValuesColumn,
+    batch_values,
 )
 
 __all__ = ["ColumnarAvroDecoder"]
@@ -77,7 +78,7 @@ class ColumnarAvroDecoder:
         rejected: list[tuple[int, Rejected]] = []
         groups: dict[int, _Group] = {}
         split = self.framing.split
-        values = [record.value for record in records]
+        values = batch_values(records)
         # The common case, checked in C: every value has the first one's header.
         first = values[0] if values else None
         if first is not None and None not in values:
@@ -156,9 +157,9 @@ class ColumnarAvroDecoder:
             return Event(record, body, writer.id)
 
         rejected.sort(key=lambda pair: pair[0])
-        return DecodedBatch(
-            [records[i] for i in good_rows], columns, [r for _, r in rejected], event_at
-        )
+        # Every record decoded (the rule): hand the batch itself on, building no records.
+        good = records if len(good_rows) == len(records) else [records[i] for i in good_rows]
+        return DecodedBatch(good, columns, [r for _, r in rejected], event_at)
 
 
 def _take(column: Any, keep: NDArray[np.bool_]) -> FieldColumn:

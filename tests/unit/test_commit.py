@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from stream_scorer.commit import (
     OffsetCommitter,
@@ -18,7 +18,7 @@ from stream_scorer.commit import (
     spans_to_offsets,
 )
 from stream_scorer.errors import CommitError, FatalError
-from stream_scorer.records import SourceRecord
+from stream_scorer.records import MessageBatch, SourceRecord
 
 MakeRecord = Callable[..., SourceRecord]
 
@@ -243,3 +243,15 @@ def test_partition_spans_are_first_and_last_offset_per_partition(make_record: Ma
     mixed = [*records, make_record(b"", offset=5, partition=0, topic="b")]
     assert partition_spans(mixed) == {("a", 0): (42, 100), ("a", 1): (3, 9), ("b", 0): (5, 5)}
     assert partition_spans([]) == {}
+
+
+def test_partition_spans_of_a_consumed_batch_equal_those_of_its_records() -> None:
+    """A MessageBatch (read by column) gives the spans its records give."""
+    coordinates = [("a", 1, 7), ("a", 1, 3), ("a", 0, 100), ("a", 1, 9), ("a", 0, 42)]
+    for extra in ([], [("b", 0, 5)]):
+        batch = MessageBatch(
+            [Message(topic=t, partition=p, offset=o, value=b"") for t, p, o in coordinates + extra]
+        )
+        assert partition_spans(batch) == partition_spans(list(batch))
+        assert partition_spans(batch)[("a", 0)] == (42, 100)
+    assert partition_spans(MessageBatch([])) == {}

@@ -10,6 +10,7 @@ from typing import Any
 import fastavro
 import numpy as np
 import pytest
+from confluent_kafka import Message
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
@@ -21,7 +22,7 @@ from stream_scorer.featurize import FeatureBuilder
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_card import ModelCard
 from stream_scorer.pipeline import LoadedModel, Pipeline
-from stream_scorer.records import Header, SourceRecord
+from stream_scorer.records import Header, MessageBatch, SourceRecord
 from stream_scorer.registry import RegistryError
 
 MakeRecord = Callable[..., SourceRecord]
@@ -394,6 +395,34 @@ def test_latency_is_clock_minus_record_timestamp(
     result = pipeline.process([with_time, without_time])
 
     assert result.latencies_s.tolist() == [0.25]
+
+
+def test_consumed_batch_scores_like_its_records(
+    build: Build, records: Callable[..., list[SourceRecord]], reader_schema: dict[str, Any]
+) -> None:
+    """A MessageBatch, as the consumer hands it on (read by column, records built only for
+    alerts and dead letters), comes to the same alerts, rejects and latencies as its records."""
+    batch = records(90.0, 10.0, b"\xff", 95.0)
+    as_messages = MessageBatch(
+        [
+            Message(
+                topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value,
+                headers=list(r.headers) or None,
+                timestamp=(1, r.timestamp_ms) if r.timestamp_ms else (0, -1),
+            )
+            for r in batch
+        ]
+    )  # fmt: skip
+    pipeline, _ = build(decoder=ColumnarAvroDecoder(reader_schema, "plain"))
+
+    expected = pipeline.process(batch)
+    result = pipeline.process(as_messages)
+
+    assert [a.source for a in result.alerts] == [a.source for a in expected.alerts]
+    assert [a.score for a in result.alerts] == [a.score for a in expected.alerts]
+    assert [r.source for r in result.rejected] == [r.source for r in expected.rejected]
+    assert result.latencies_s.tolist() == expected.latencies_s.tolist()
+    assert (result.flagged, result.dead_lettered) == (2, 1)
 
 
 def test_empty_batch_does_nothing(build: Build) -> None:
