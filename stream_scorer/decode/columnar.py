@@ -121,6 +121,12 @@ _DATETIME_UNIT: Final = {
 }
 
 _AR: Final = np.arange(MAX_LONG_VARINT_BYTES, dtype=np.int64)
+_AR64: Final = np.arange(64, dtype=np.int64)
+#: Mask of the first k bytes of a little-endian 64-bit word, k = 0..8.
+_WORD_MASKS: Final = np.array(
+    [(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64
+)
+_HASH_MULTIPLIER: Final = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime
 _SHIFTS: Final = (7 * _AR).astype(np.uint64)
 
 
@@ -278,8 +284,41 @@ class BytesColumn(Column):
 
     def _objects_by_value(self, width: int) -> NDArray[np.object_]:
         """Materialise each distinct value once: categorical fields (country, channel, merchant
-        category) repeat a few values over a whole batch, so a sort of fixed-width keys beats
-        slicing and decoding every row."""
+        category) repeat a few values over a whole batch.
+
+        Each row's bytes are read as little-endian 64-bit words (bytes past its length masked
+        off) and hashed together with its length; rows are grouped by hash with one integer
+        sort, and every row is checked against the first row of its group, so a hash collision
+        falls back to the exact sort of fixed-width keys instead of merging two values.
+        """
+        words = -(-width // 8) or 1
+        index = np.minimum(self.start[:, None] + _AR64[: 8 * words], len(self.buffer) - 1)
+        word = np.ascontiguousarray(self.buffer[index]).view("<u8")  # (n, words)
+        word &= _WORD_MASKS[np.clip(self.length[:, None] - _AR64[: 8 * words : 8], 0, 8)]
+        hashed = self.length.astype(np.uint64)
+        for k in range(words):
+            hashed = (hashed * _HASH_MULTIPLIER) ^ word[:, k]
+        _, first, inverse = np.unique(hashed, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        leader = first[inverse]
+        if not (
+            np.array_equal(word[leader], word) and np.array_equal(self.length[leader], self.length)
+        ):
+            return self._objects_by_sorting(width)
+        buffer = self.buffer
+        values = [
+            buffer[s : s + m].tobytes()
+            for s, m in zip(self.start[first].tolist(), self.length[first].tolist(), strict=True)
+        ]
+        table = np.empty(len(values), dtype=object)
+        table[:] = [v.decode("utf-8", "replace") for v in values] if self.is_string else values
+        out: NDArray[np.object_] = table[inverse]
+        if self.null is not None:
+            out[self.null] = None
+        return out
+
+    def _objects_by_sorting(self, width: int) -> NDArray[np.object_]:
+        """:meth:`_objects_by_value` by an exact sort of fixed-width keys (hash collisions)."""
         n = len(self.start)
         offsets = np.arange(width + 1, dtype=np.int64)
         # Key = the value's bytes zero-padded to `width`, then its length (a value may end in
@@ -868,6 +907,24 @@ class _Spec:
     scale: int = 0
 
 
+def _rows(array: NDArray[Any], idx: _I64) -> NDArray[Any]:
+    """``array[idx]`` for a per-record array; a plain copy when ``idx`` is every record.
+
+    ``idx`` is always an ascending subset of the batch's records, so when it is as long as the
+    batch it is all of them, in order: the usual case, where a copy is several times cheaper
+    than a gather.
+    """
+    return array.copy() if len(idx) == len(array) else array[idx]
+
+
+def _put(array: NDArray[Any], idx: _I64, values: NDArray[Any] | float) -> None:
+    """``array[idx] = values``, by slice when ``idx`` is every record (see :func:`_rows`)."""
+    if len(idx) == len(array):
+        array[:] = values
+    else:
+        array[idx] = values
+
+
 class _Sink:
     """Per-decode output arrays of one column, filled by scatter on record index."""
 
@@ -884,16 +941,16 @@ class _Sink:
         self.present: NDArray[np.bool_] | None = np.zeros(n, dtype=bool) if spec.nullable else None
 
     def put(self, idx: _I64, values: NDArray[Any] | float) -> None:
-        self.data[idx] = values
+        _put(self.data, idx, values)
         if self.present is not None:
-            self.present[idx] = True
+            _put(self.present, idx, True)
 
     def put_bytes(self, idx: _I64, start: _I64 | int, length: _I64 | int) -> None:
-        self.data[idx] = start
+        _put(self.data, idx, start)
         assert self.length is not None  # noqa: S101
-        self.length[idx] = length
+        _put(self.length, idx, length)
         if self.present is not None:
-            self.present[idx] = True
+            _put(self.present, idx, True)
 
 
 class _State:
@@ -936,8 +993,8 @@ class _State:
 
 def _varint(st: _State, idx: _I64, max_bytes: int, where: str) -> tuple[_I64, _I64]:
     """Decode one zigzag varint for each record in ``idx``; return survivors and their values."""
-    p = st.pos[idx]
-    end = st.end[idx]
+    p = _rows(st.pos, idx)
+    end = _rows(st.end, idx)
     b0 = st.buf[p]
     if not (b0 >= 0x80).any():
         u0 = b0.astype(np.int64)
@@ -945,7 +1002,7 @@ def _varint(st: _State, idx: _I64, max_bytes: int, where: str) -> tuple[_I64, _I
         keep = st.split(idx, p >= end, f"truncated at {where}")
         if keep is not None:
             idx, p, vals = idx[keep], p[keep], vals[keep]
-        st.pos[idx] = p + 1
+        _put(st.pos, idx, p + 1)
         return idx, vals
     ar = _AR[:max_bytes]
     win = st.buf[p[:, None] + ar]
@@ -966,18 +1023,18 @@ def _varint(st: _State, idx: _I64, max_bytes: int, where: str) -> tuple[_I64, _I
         st.fail(idx[overflow], f"varint overflow at {where}")
         keep = ~bad
         idx, p, nb, u = idx[keep], p[keep], nb[keep], u[keep]
-    st.pos[idx] = p + nb
+    _put(st.pos, idx, p + nb)
     vals = (u >> np.uint64(1)).astype(np.int64) ^ -((u & np.uint64(1)).astype(np.int64))
     return idx, vals
 
 
 def _take(st: _State, idx: _I64, size: int, where: str) -> tuple[_I64, _I64]:
     """Advance each record by ``size`` bytes; return survivors and their start offsets."""
-    p = st.pos[idx]
-    keep = st.split(idx, p + size > st.end[idx], f"truncated at {where}")
+    p = _rows(st.pos, idx)
+    keep = st.split(idx, p + size > _rows(st.end, idx), f"truncated at {where}")
     if keep is not None:
         idx, p = idx[keep], p[keep]
-    st.pos[idx] = p + size
+    _put(st.pos, idx, p + size)
     return idx, p
 
 
@@ -1061,15 +1118,15 @@ class _BytesNode(_Node):
 
     def read(self, st: _State, idx: _I64) -> _I64:
         idx, n = _varint(st, idx, MAX_LONG_VARINT_BYTES, self.where)
-        p = st.pos[idx]
+        p = _rows(st.pos, idx)
         neg = n < 0
-        beyond = ~neg & (n > st.end[idx] - p)
+        beyond = ~neg & (n > _rows(st.end, idx) - p)
         if neg.any() or beyond.any():
             st.fail(idx[neg], f"negative length at {self.where}")
             st.fail(idx[beyond], f"length beyond record end at {self.where}")
             keep = ~(neg | beyond)
             idx, n, p = idx[keep], n[keep], p[keep]
-        st.pos[idx] = p + n
+        _put(st.pos, idx, p + n)
         if self.slot is not None:
             st.sinks[self.slot].put_bytes(idx, p, n)
         return idx

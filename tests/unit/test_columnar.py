@@ -18,8 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream_scorer.decode import columnar
 from stream_scorer.decode.columnar import (
     MAX_ZERO_BYTE_ITEMS,
+    UNIQUE_MIN_ROWS,
     BytesColumn,
     ColumnarDecoder,
     ColumnBatch,
@@ -864,3 +866,24 @@ def test_generated_schemas_truncated(
     cut = [p[: data.draw(st.integers(0, len(p)))] for p in payloads]
     decoder = ColumnarDecoder(schema)
     _check_fuzzed(decoder, schema, cut + _flip(payloads, data))
+
+
+@pytest.mark.parametrize("multiplier", [0x100000001B3, 0])
+def test_strings_by_distinct_value_survive_hash_collisions(
+    monkeypatch: pytest.MonkeyPatch, multiplier: int
+) -> None:
+    """Long batches materialise strings by distinct value, grouped by a hash of their words;
+    with a hash that collides (multiplier 0 drops all but the last word and the length) the
+    check against each group's first row falls back to the exact sort, never merging values."""
+    monkeypatch.setattr(columnar, "_HASH_MULTIPLIER", np.uint64(multiplier))
+    values = ["a", "a\x00", "", "entertainment", "entertainmenT", "Zürich-Zentrum-Nord-7"]
+    rows = [values[i % len(values)] for i in range(UNIQUE_MIN_ROWS * 2)]
+    raw = [v.encode() for v in rows]
+    column = BytesColumn(
+        name="merchant_category",
+        buffer=np.frombuffer(b"".join(raw), dtype=np.uint8),
+        start=np.cumsum([0, *map(len, raw)])[:-1].astype(np.int64),
+        length=np.array([len(r) for r in raw], dtype=np.int64),
+    )
+
+    assert column.to_objects().tolist() == rows
