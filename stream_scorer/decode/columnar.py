@@ -294,7 +294,8 @@ class BytesColumn(Column):
         words = -(-width // 8) or 1
         index = np.minimum(self.start[:, None] + _AR64[: 8 * words], len(self.buffer) - 1)
         word = np.ascontiguousarray(self.buffer[index]).view("<u8")  # (n, words)
-        word &= _WORD_MASKS[np.clip(self.length[:, None] - _AR64[: 8 * words : 8], 0, 8)]
+        valid = self.length[:, None] - _AR64[: 8 * words : 8]  # bytes of each word in the value
+        word &= _WORD_MASKS[np.minimum(np.maximum(valid, 0, out=valid), 8, out=valid)]
         hashed = self.length.astype(np.uint64)
         for k in range(words):
             hashed = (hashed * _HASH_MULTIPLIER) ^ word[:, k]
