@@ -7,7 +7,7 @@ per second beside the loop against alone (it needs the GIL back after every run,
 thread hands it over only every ``sys.getswitchinterval()``). Both with the string inputs as
 object arrays of ``str`` (what stream-scorer passes) and as numpy ``str_`` arrays.
 
-Run: ``.venv/bin/python bench/gil_contention.py [intra_op_threads ...]`` (default 1 2).
+Run: ``.venv/bin/python -m bench.gil_contention [intra_op_threads ...]`` (default 1 2).
 docs/performance.md cites its output.
 """
 
@@ -20,11 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_scorer.app import load_model, load_schema
-from stream_scorer.generate import TransactionGenerator
-from stream_scorer.logging import configure_logging
-from stream_scorer.records import Event, SourceRecord
-from stream_scorer.settings import load_settings
+from bench.ort_memory import sample_inputs, shipped_model
 
 BATCH = 1000
 #: Seconds each side is measured for.
@@ -41,8 +37,7 @@ def _spin(seconds: float) -> int:
 
 def measure(threads: int, inputs: dict[str, Any]) -> dict[str, float]:
     """The loop's relative speed and the scoring rate, alone and side by side."""
-    settings = load_settings(None, {"model": {"intra_op_threads": threads}}, environ={})
-    scorer = load_model(settings, load_schema(settings.schema_.reader, "schema.reader")).scorer
+    scorer = shipped_model({"model": {"intra_op_threads": threads}}).scorer
     for _ in range(20):
         scorer.score(inputs)
     runs, started = 0, time.perf_counter()
@@ -73,12 +68,7 @@ def measure(threads: int, inputs: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     """Print one line per (threads, string representation)."""
-    configure_logging("error")
-    settings = load_settings(None, {}, environ={})
-    model = load_model(settings, load_schema(settings.schema_.reader, "schema.reader"))
-    generated, _ = TransactionGenerator(seed=3).generate(BATCH)
-    events = [Event(SourceRecord("t", 0, i, None, None), e) for i, e in enumerate(generated)]
-    objects, _, _ = model.features.build_inputs(events)
+    objects = sample_inputs(shipped_model(), BATCH)
     strs = {k: v.astype(np.str_) if v.dtype == object else v for k, v in objects.items()}
     for threads in [int(a) for a in sys.argv[1:]] or [1, 2]:
         for name, inputs in (("object str", objects), ("numpy str_", strs)):
