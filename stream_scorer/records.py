@@ -7,7 +7,7 @@ alert or a dead letter can always name the topic, partition and offset of its or
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, overload
@@ -109,31 +109,27 @@ class MessageBatch(Sequence[SourceRecord]):
     def partitions(self) -> NDArray[np.int64]:
         """Each message's partition."""
         if self._partitions is None:
-            self._partitions = np.fromiter(
-                map(Message.partition, self._messages), np.int64, len(self._messages)
-            )
+            self._partitions = self._ints(map(Message.partition, self._messages))
         return self._partitions
 
     @property
     def offsets(self) -> NDArray[np.int64]:
         """Each message's offset."""
         if self._offsets is None:
-            self._offsets = np.fromiter(
-                map(Message.offset, self._messages), np.int64, len(self._messages)
-            )
+            self._offsets = self._ints(map(Message.offset, self._messages))
         return self._offsets
 
     @property
     def timestamps_ms(self) -> NDArray[np.int64]:
         """Each message's timestamp in epoch ms; 0 where the broker gave none."""
         if self._timestamps is None:
-            stamps = np.fromiter(
-                map(itemgetter(1), map(Message.timestamp, self._messages)),
-                np.int64,
-                len(self._messages),
-            )
+            stamps = self._ints(map(itemgetter(1), map(Message.timestamp, self._messages)))
             self._timestamps = np.maximum(stamps, 0)
         return self._timestamps
+
+    def _ints(self, values: Iterable[Any]) -> NDArray[np.int64]:
+        """One int64 per message, from an iterator over them (a C-level ``map``)."""
+        return np.fromiter(values, np.int64, len(self._messages))
 
 
 def _record(message: Message) -> SourceRecord:
