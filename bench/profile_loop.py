@@ -8,7 +8,7 @@ few with the most samples of their own. Threads that are not the loop (onnxrunti
 librdkafka) are left out: the loop's thread is the one that sets the rate.
 
 Run: ``.venv/bin/python -m bench.profile_loop [--events N] [--rate HZ] [--top N]``. Needs
-py-spy (in the ``dev`` extras). Sampling at 100 Hz costs the service about 5 % of its speed.
+py-spy (in the ``bench`` extras). Sampling at 100 Hz costs the service about 5 % of its speed.
 docs/performance.md cites its output.
 """
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
-        print("py-spy is not installed: pip install -e '.[dev]'", file=sys.stderr)
+        print("py-spy is not installed: pip install -e '.[dev,bench]'", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="profile-loop-"))
     cluster = Cluster(None, work / "broker")

@@ -121,7 +121,6 @@ _DATETIME_UNIT: Final = {
 }
 
 _AR: Final = np.arange(MAX_LONG_VARINT_BYTES, dtype=np.int64)
-_AR64: Final = np.arange(64, dtype=np.int64)
 #: Mask of the first k bytes of a little-endian 64-bit word, k = 0..8.
 _WORD_MASKS: Final = np.array(
     [(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64
@@ -136,6 +135,8 @@ _SHIFTS: Final = (7 * _AR).astype(np.uint64)
 UNIQUE_MIN_ROWS = 64
 #: Longest string (bytes) materialised by distinct value; longer ones are sliced per row.
 UNIQUE_MAX_BYTES = 48
+#: Byte offsets of the 64-bit words a string by distinct value is read as (all it can span).
+_WORD_BYTES: Final = np.arange(8 * -(-UNIQUE_MAX_BYTES // 8), dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,9 +293,9 @@ class BytesColumn(Column):
         falls back to the exact sort of fixed-width keys instead of merging two values.
         """
         words = -(-width // 8) or 1
-        index = np.minimum(self.start[:, None] + _AR64[: 8 * words], len(self.buffer) - 1)
+        index = np.minimum(self.start[:, None] + _WORD_BYTES[: 8 * words], len(self.buffer) - 1)
         word = np.ascontiguousarray(self.buffer[index]).view("<u8")  # (n, words)
-        valid = self.length[:, None] - _AR64[: 8 * words : 8]  # bytes of each word in the value
+        valid = self.length[:, None] - _WORD_BYTES[: 8 * words : 8]  # value bytes per word
         word &= _WORD_MASKS[np.minimum(np.maximum(valid, 0, out=valid), 8, out=valid)]
         hashed = self.length.astype(np.uint64)
         for k in range(words):
