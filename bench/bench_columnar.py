@@ -42,7 +42,7 @@ MODEL_FIELDS = (
 def make_records(n: int, seed: int) -> list[dict[str, Any]]:
     """Transactions from the project generator, or a seeded numpy stand-in without it."""
     try:
-        from stream_scorer.generate import TransactionGenerator  # noqa: PLC0415
+        from stream_scorer.devtools.generate import TransactionGenerator  # noqa: PLC0415
     except ImportError:
         pass
     else:

@@ -40,9 +40,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic: r
 
 from bench.baselines.common import ConfluentAvroDecoder, event_time_ms
 from scripts.kafka_broker import KAFKA_VERSION, KafkaBroker
-from stream_scorer.devregistry import DevSchemaRegistry
-from stream_scorer.generate import TransactionGenerator
-from stream_scorer.loadgen import EventEncoder
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.generate import TransactionGenerator
+from stream_scorer.devtools.loadgen import EventEncoder
 from stream_scorer.settings import load_settings
 
 __all__ = [

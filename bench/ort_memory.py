@@ -12,8 +12,8 @@ import numpy as np
 import psutil
 
 from stream_scorer.app import load_model, load_schema
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.featurize import ModelInputs
-from stream_scorer.generate import TransactionGenerator
 from stream_scorer.logging import configure_logging
 from stream_scorer.pipeline import LoadedModel
 from stream_scorer.records import Event, SourceRecord

@@ -47,7 +47,7 @@ from sklearn.preprocessing import OneHotEncoder
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from stream_scorer.generate import TransactionGenerator  # noqa: E402
+from stream_scorer.devtools.generate import TransactionGenerator  # noqa: E402
 
 # Where the model version lives: models/<name>/<version>/.
 MODEL_NAME: Final = "fraud"
@@ -269,8 +269,8 @@ def write_model_card(card: dict[str, Any], ml_opset: int, path: Path) -> None:
 
 Scores card authorisations (`schemas/transaction.avsc`) in the stream-scorer service and flags
 those whose fraud probability is at or above the threshold for review. It is trained only on
-synthetic data from `stream_scorer.generate.TransactionGenerator`: use it to demonstrate and
-test the service, never to decide on real payments.
+synthetic data from `stream_scorer.devtools.generate.TransactionGenerator`: use it to
+demonstrate and test the service, never to decide on real payments.
 
 ## Inputs
 
@@ -433,7 +433,7 @@ def main() -> None:
         "threshold": threshold,
         "training": {
             "script": "models/train_fraud.py",
-            "generator": "stream_scorer.generate.TransactionGenerator",
+            "generator": "stream_scorer.devtools.generate.TransactionGenerator",
             "train_seed": TRAIN_SEED,
             "holdout_seed": HOLDOUT_SEED,
             "n_train": N_TRAIN,

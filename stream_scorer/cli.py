@@ -116,7 +116,7 @@ def _check(settings: Settings) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "demo":
-        from stream_scorer.demo import run_demo  # noqa: PLC0415 - keep CLI start-up light
+        from stream_scorer.devtools.demo import run_demo  # noqa: PLC0415 - keep CLI start-up light
 
         configure_logging("error", "auto", cache=False)
         return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout)
@@ -136,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         log.info("starting", version=__version__, model=str(settings.model.path))
         return Runner(settings, stop=stop).run()
     if command == "produce":
-        from stream_scorer.loadgen import produce_events  # noqa: PLC0415
+        from stream_scorer.devtools.loadgen import produce_events  # noqa: PLC0415
 
         count = produce_events(
             settings, args.rate, args.count, args.seed, args.fraud_rate, args.corrupt_rate

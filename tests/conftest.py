@@ -20,7 +20,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from stream_scorer.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
 from stream_scorer.records import Header, SourceRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

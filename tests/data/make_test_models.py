@@ -40,7 +40,7 @@ from sklearn.pipeline import Pipeline
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from stream_scorer.generate import TransactionGenerator  # noqa: E402
+from stream_scorer.devtools.generate import TransactionGenerator  # noqa: E402
 
 # Output root: tests/data/models/<name>/<version>/.
 MODELS_DIR: Final = Path(__file__).resolve().parent / "models"
@@ -165,7 +165,7 @@ def write_model(
         "threshold": THRESHOLD,
         "training": {
             "script": "tests/data/make_test_models.py",
-            "generator": "stream_scorer.generate.TransactionGenerator",
+            "generator": "stream_scorer.devtools.generate.TransactionGenerator",
             "train_seed": SEED,
             "holdout_seed": HOLDOUT_SEED,
             "n_train": N_EVENTS,

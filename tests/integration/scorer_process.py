@@ -30,7 +30,7 @@ import psutil
 from confluent_kafka import Message, Producer
 
 from stream_scorer.app import load_model, load_schema
-from stream_scorer.generate import TransactionGenerator
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.offline import score_events
 from stream_scorer.settings import load_settings
 

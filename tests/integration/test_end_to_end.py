@@ -16,9 +16,9 @@ from confluent_kafka import Message
 
 from stream_scorer.app import load_model, load_schema
 from stream_scorer.decode import frame_body
-from stream_scorer.devregistry import DevSchemaRegistry
-from stream_scorer.generate import TransactionGenerator
-from stream_scorer.loadgen import EventEncoder
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.generate import TransactionGenerator
+from stream_scorer.devtools.loadgen import EventEncoder
 from stream_scorer.offline import score_events, score_file
 from stream_scorer.registry import SchemaRegistryClient
 from stream_scorer.settings import Settings

@@ -12,7 +12,7 @@ import fastavro
 import pytest
 
 from stream_scorer import cli
-from stream_scorer.generate import TransactionGenerator
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.logging import configure_logging
 from stream_scorer.settings import ENV_PREFIX
 

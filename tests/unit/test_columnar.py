@@ -328,7 +328,7 @@ def test_generated_field_subsets_match_fastavro(
 
 def transaction_records(n: int, seed: int = 3) -> list[dict[str, Any]]:
     """Varied transaction records (the project generator plus hand-made edge values)."""
-    from stream_scorer.generate import TransactionGenerator  # noqa: PLC0415
+    from stream_scorer.devtools.generate import TransactionGenerator  # noqa: PLC0415
 
     records, _ = TransactionGenerator(seed).generate(n)
     rng = np.random.default_rng(seed)

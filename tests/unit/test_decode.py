@@ -21,7 +21,7 @@ from stream_scorer.decode import (
     fingerprint,
     frame_body,
 )
-from stream_scorer.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
 from stream_scorer.errors import DecodeError, FatalError
 from stream_scorer.records import Event, Rejected, SourceRecord
 from stream_scorer.registry import RegistryError, SchemaNotFoundError, SchemaRegistryClient

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, WireFormat, frame_body
-from stream_scorer.devregistry import DevSchemaRegistry
-from stream_scorer.generate import TransactionGenerator
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.records import DecodedBatch, SourceRecord
 from stream_scorer.registry import SchemaRegistryClient
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from stream_scorer.app import build_alert_encoder, build_decoder, load_model, load_schema
 from stream_scorer.decode import AvroDecoder, frame_body
-from stream_scorer.generate import TransactionGenerator
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.records import Header, SourceRecord
 from stream_scorer.registry import SchemaNotFoundError

@@ -11,7 +11,7 @@ import pytest
 from fastavro import parse_schema
 from fastavro.validation import validate
 
-from stream_scorer.generate import (
+from stream_scorer.devtools.generate import (
     CATEGORIES,
     CHANNELS,
     COUNTRY_CURRENCY,

@@ -14,9 +14,9 @@ import pytest
 from numpy.typing import NDArray
 
 from stream_scorer.app import load_model
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.errors import ModelError
 from stream_scorer.featurize import FeatureBuilder
-from stream_scorer.generate import TransactionGenerator
 from stream_scorer.model_card import ModelCard
 from stream_scorer.offline import score_events, score_file
 from stream_scorer.pipeline import LoadedModel

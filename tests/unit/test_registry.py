@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stream_scorer.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
 from stream_scorer.registry import RegistryError, SchemaNotFoundError, SchemaRegistryClient
 
 PROBE = {"type": "record", "name": "Probe", "fields": [{"name": "a", "type": "int"}]}

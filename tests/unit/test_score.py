@@ -14,9 +14,9 @@ import pytest
 from numpy.typing import NDArray
 from structlog.testing import capture_logs
 
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.errors import ConfigurationError, ModelError
 from stream_scorer.featurize import FeatureBuilder
-from stream_scorer.generate import TransactionGenerator
 from stream_scorer.model_card import ModelCard
 from stream_scorer.records import Event, SourceRecord
 from stream_scorer.score import OnnxScorer, default_intra_op_threads

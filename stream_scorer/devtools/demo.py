@@ -24,8 +24,8 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream_scorer.devregistry import DevSchemaRegistry
-from stream_scorer.loadgen import produce_events
+from stream_scorer.devtools.devregistry import DevSchemaRegistry
+from stream_scorer.devtools.loadgen import produce_events
 from stream_scorer.pipeline import BatchResult
 from stream_scorer.runner import Runner
 from stream_scorer.settings import Settings, load_settings

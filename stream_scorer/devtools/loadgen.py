@@ -1,6 +1,6 @@
 """The synthetic event producer behind ``stream-scorer produce`` and the demo.
 
-Produces :class:`~stream_scorer.generate.TransactionGenerator` events, Avro-encoded in the
+Produces :class:`~stream_scorer.devtools.generate.TransactionGenerator` events, Avro-encoded in the
 configured wire format (registering the writer schema when it is Confluent's), keyed by card id,
 at a steady rate. Event time is the moment of sending, so the scorer's end-to-end latency is
 measured from it. An optional fraction of deliberately corrupt messages exercises the
@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException, Producer
 
 from stream_scorer.app import load_schema
 from stream_scorer.decode import frame_body
-from stream_scorer.generate import TransactionGenerator
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.publish import producer_config
 from stream_scorer.registry import SchemaRegistryClient
 from stream_scorer.settings import Settings
