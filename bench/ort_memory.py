@@ -15,7 +15,7 @@ from stream_scorer.app import load_model, load_schema
 from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.featurize import ModelInputs
 from stream_scorer.logging import configure_logging
-from stream_scorer.pipeline import LoadedModel
+from stream_scorer.model_set import LoadedModel
 from stream_scorer.records import Event, SourceRecord
 from stream_scorer.settings import load_settings
 

@@ -1,44 +1,71 @@
-"""Assembles the stages from settings: schemas, registry, decoder, model, encoder.
+"""The composition root: settings → registry → decoder → model set → pipeline → delivery → runner.
 
-Shared by ``run``, ``config check`` and ``score-file``, so the offline scorer and the stream
-build the same decoder, model binding and threshold from the same settings.
+Every collaborator of the service is built here, from settings, and handed to the runner,
+which constructs nothing. ``config check`` and ``score-file`` use the same builders, so the
+offline scorer and the stream get the same decoder, model binding, threshold and event fields.
+
+:func:`build_runner` loads and checks everything that does not need Kafka first (schemas,
+models, binding, batch-time bounds), so a bad config or a bad model stops the process before it
+joins the group; Kafka clients are created last and connect only when the runner starts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import fastavro
-import numpy as np
 import structlog
+from confluent_kafka import KafkaError
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_scorer import __version__
+from stream_scorer.consume import BatchConsumer, consumer_config, max_poll_interval_s
 from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, fingerprint, frame_body
-from stream_scorer.encode import AlertEncoder
+from stream_scorer.delivery import Delivery
+from stream_scorer.delivery.at_least_once import AtLeastOnceDelivery
+from stream_scorer.delivery.commit import OffsetCommitter
+from stream_scorer.delivery.exactly_once import ExactlyOnceDelivery
+from stream_scorer.delivery.publish import (
+    TXN_CALL_TIMEOUT_S,
+    Publisher,
+    TransactionalPublisher,
+    producer_config,
+    transaction_timeout_s,
+)
+from stream_scorer.encode import AlertEncoder, EventFields
 from stream_scorer.errors import ConfigurationError
-from stream_scorer.featurize import FeatureBuilder, ModelInputs
-from stream_scorer.model_card import ModelCard, bind_to_schema, field_kind
-from stream_scorer.pipeline import LoadedModel
-from stream_scorer.records import Event, SourceRecord
+from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
+from stream_scorer.model_card import ModelCard
+from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
+from stream_scorer.model_set import load_model as load_model_folder
+from stream_scorer.pipeline import Pipeline
+from stream_scorer.records import BatchResult
 from stream_scorer.registry import RegistryError, SchemaRegistryClient
-from stream_scorer.score import OnnxScorer
-from stream_scorer.settings import Settings
+from stream_scorer.runner import Runner
+from stream_scorer.settings import Settings, masked
 
 __all__ = [
+    "COMMIT_ALLOWANCE_S",
     "build_alert_encoder",
     "build_decoder",
+    "build_models",
     "build_registry",
+    "build_runner",
+    "check_batch_time_bounds",
+    "event_fields",
     "load_model",
     "load_schema",
 ]
 
 log = structlog.get_logger(__name__)
 
-#: Rows in the canary batch used for warm-up and to tell a broken model from bad events.
-CANARY_ROWS = 4
+#: Longest a batch's commit may take after its flush: sending the offsets and committing the
+#: transaction, each bounded by the publisher's transactional call timeout.
+COMMIT_ALLOWANCE_S = 2 * TXN_CALL_TIMEOUT_S
 
 
 def load_schema(path: Path, key: str) -> dict[str, Any]:
@@ -79,56 +106,61 @@ def build_decoder(
     return kind(reader, settings.schema_.wire_format, writers, registry)
 
 
-def _canary_value(avro_type: Any) -> Any:
-    kind, _ = field_kind(avro_type)
-    if isinstance(avro_type, list):
-        avro_type = next(t for t in avro_type if t != "null")
-    if isinstance(avro_type, Mapping) and avro_type.get("type") == "enum":
-        return avro_type["symbols"][0]
-    return {"number": 0, "boolean": False, "string": ""}.get(kind)
-
-
-def _canary_inputs(features: FeatureBuilder, reader: Mapping[str, Any]) -> ModelInputs:
-    """A small batch of neutral values (zeros, empty strings, first enum symbols)."""
-    fields = {f["name"]: _canary_value(f["type"]) for f in reader["fields"]}
-    source = SourceRecord("canary", 0, 0, None, None)
-    events = [Event(source, fields) for _ in range(CANARY_ROWS)]
-    inputs, _, rejected = features.build_inputs(events)
-    if rejected:  # cannot happen: canary values are never null
-        msg = f"cannot build the canary batch: {rejected[0].message}"
-        raise ConfigurationError(msg)
-    return inputs
-
-
 def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
-    """Load the configured model, bind it to the reader schema, warm it up.
+    """Load the configured model (``model.path``), bind it to the reader schema, warm it up.
 
     Raises:
         ConfigurationError: Bad card, unbindable input, wrong file hash, a model that fails.
     """
-    model_settings = settings.model
-    card = ModelCard.load(model_settings.path)
-    bind_to_schema(card, reader)
-    scorer = OnnxScorer(card, model_settings.intra_op_threads, model_settings.verify_sha256)
-    features = FeatureBuilder(card)
-    canary = _canary_inputs(features, reader)
-    scorer.warm_up(canary)
-    threshold = card.threshold if model_settings.threshold is None else model_settings.threshold
-    log.info(
-        "model_loaded",
-        model=card.name,
-        version=card.version,
-        inputs=len(card.input_names),
-        input_layout=card.input_layout,
-        output=scorer.output_name,
-        threshold=threshold,
-        intra_op_threads=scorer.intra_op_threads,
-        canary_score=float(np.max(scorer.score(canary))),
+    model = settings.model
+    return load_model_folder(
+        model.path, reader, model.intra_op_threads, model.verify_sha256, model.threshold
     )
-    return LoadedModel(scorer=scorer, features=features, threshold=threshold, canary=canary)
 
 
-def build_alert_encoder(settings: Settings, registry: SchemaRegistryClient | None) -> AlertEncoder:
+def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
+    """The model set the service starts with: the configured model as champion.
+
+    Raises:
+        ConfigurationError: The model cannot be loaded, bound or warmed up.
+    """
+    return ModelSet(champion=load_model(settings, reader))
+
+
+def event_fields(settings: Settings, card: ModelCard, reader: Mapping[str, Any]) -> EventFields:
+    """Which input fields give an alert its id, time, key and projection.
+
+    The ``[alerts]`` settings win; the model card's ``event`` section fills what they leave
+    unset. Every named field must exist in the reader schema.
+
+    Raises:
+        ConfigurationError: A named field is not in the reader schema (names the key).
+    """
+    alerts = settings.alerts
+    chosen = {
+        "alerts.event_id_field": alerts.event_id_field or getattr(card, "event_id_field", None),
+        "alerts.event_time_field": alerts.event_time_field
+        or getattr(card, "event_time_field", None),
+        "alerts.key_field": alerts.key_field or getattr(card, "key_field", None),
+    }
+    names = {f["name"] for f in reader.get("fields", [])}
+    for key, name in [*chosen.items(), *(("alerts.projection", p) for p in alerts.projection)]:
+        if name is not None and name not in names:
+            msg = f"{key}: field {name!r} is not in the reader schema {reader.get('name')}"
+            raise ConfigurationError(msg)
+    return EventFields(
+        id_field=chosen["alerts.event_id_field"],
+        time_field=chosen["alerts.event_time_field"],
+        key_field=chosen["alerts.key_field"],
+        projection=tuple(alerts.projection),
+    )
+
+
+def build_alert_encoder(
+    settings: Settings,
+    registry: SchemaRegistryClient | None,
+    fields: EventFields | None = None,
+) -> AlertEncoder:
     """The alert encoder, framing alerts in the same wire format as the input.
 
     Raises:
@@ -150,4 +182,188 @@ def build_alert_encoder(settings: Settings, registry: SchemaRegistryClient | Non
     elif settings.schema_.wire_format == "single-object":
         header = frame_body("single-object", b"", schema=schema)
         log.debug("alert_schema_fingerprint", fingerprint=f"{fingerprint(schema):016x}")
-    return AlertEncoder(schema, header, __version__)
+    return AlertEncoder(schema, header, __version__, fields)
+
+
+def check_batch_time_bounds(
+    flush_timeout_s: float,
+    max_wait_s: float,
+    consumer: Mapping[str, Any],
+    producer: Mapping[str, Any],
+) -> None:
+    """Refuse timeouts that would let one batch outlive the group session or its transaction.
+
+    A batch's time (the wait to fill it, scoring, the publish bounded by
+    ``delivery.flush_timeout_s``, the commit bounded by :data:`COMMIT_ALLOWANCE_S`) must stay
+    under ``max.poll.interval.ms`` or the member is thrown out of the group mid-batch. In
+    exactly-once mode the transaction spans the publish and the commit, so
+    ``transaction.timeout.ms`` must leave room for both: the flush may take at most half of it.
+
+    Raises:
+        ConfigurationError: The timeouts do not fit together, naming the keys to change.
+    """
+    batch_s = max_wait_s + flush_timeout_s + COMMIT_ALLOWANCE_S
+    poll_s = max_poll_interval_s(consumer)
+    if batch_s >= poll_s:
+        msg = (
+            f"delivery.flush_timeout_s={flush_timeout_s}: a batch may take up to {batch_s:.0f} s "
+            f"(wait + flush + {COMMIT_ALLOWANCE_S:.0f} s commit), not under the consumer's "
+            f"max.poll.interval.ms ({poll_s * 1000:.0f}); lower the flush timeout or raise "
+            "kafka.consumer max.poll.interval.ms"
+        )
+        raise ConfigurationError(msg)
+    txn_s = transaction_timeout_s(producer)
+    if txn_s is not None and 2 * flush_timeout_s > txn_s:
+        msg = (
+            f"delivery.flush_timeout_s={flush_timeout_s} must be at most half the producer's "
+            f"transaction.timeout.ms ({txn_s * 1000:.0f}) so a batch's transaction is committed "
+            "before the coordinator aborts it"
+        )
+        raise ConfigurationError(msg)
+
+
+def _transactional_id(settings: Settings) -> str:
+    # Stable across restarts (a restart fences its zombie and aborts its open transaction at
+    # once) and distinct per static member, so that members of one group do not fence each other.
+    kafka = settings.kafka
+    return (
+        settings.delivery.transactional_id
+        or f"{kafka.group_id}-{kafka.group_instance_id or kafka.client_id}"
+    )
+
+
+def build_runner(
+    settings: Settings,
+    registry: CollectorRegistry = REGISTRY,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Runner:
+    """Build the whole service from settings; the returned runner's :meth:`~Runner.run` starts it.
+
+    Args:
+        settings: Validated settings.
+        registry: Prometheus registry the metrics go to (tests pass a fresh one).
+        on_batch: Told of every batch once its results are safe (the demo's view).
+        stop: Event a signal handler installed before start-up sets.
+
+    Raises:
+        ConfigurationError: Settings, schemas and models do not fit together.
+    """
+    metrics = ScorerMetrics(registry)
+    health = Health()
+    # 1. What needs no network: schemas, models, binding, the batch-time bounds.
+    reader = load_schema(settings.schema_.reader, "schema.reader")
+    models = build_models(settings, reader)
+    champion = models.champion
+    fields = event_fields(settings, champion.card, reader)
+    metrics.init_labels(settings.topics.input, champion.name, champion.version)
+    metrics.set_model(
+        champion.name, champion.version, champion.card.sha256 or "", champion.card.input_layout
+    )
+    exactly_once = settings.delivery.mode == "exactly-once"
+    client = settings.kafka.client_config()
+    pconf = producer_config(
+        client, settings.kafka.producer, _transactional_id(settings) if exactly_once else None
+    )
+    cconf = consumer_config(
+        client,
+        settings.kafka.group_id,
+        settings.kafka.consumer,
+        settings.kafka.group_instance_id,
+        isolation_level="read_committed" if exactly_once else None,
+    )
+    check_batch_time_bounds(
+        settings.delivery.flush_timeout_s,
+        (settings.batch.max_wait_ms + settings.batch.linger_ms) / 1000.0,
+        cconf,
+        pconf,
+    )
+    # 2. The registry (the alert schema is registered now), decoder, encoder, pipeline.
+    schema_registry = build_registry(settings)
+    decoder = build_decoder(settings, reader, schema_registry)
+    encoder = build_alert_encoder(settings, schema_registry, fields)
+    live = LiveModels(models)
+    pipeline = Pipeline(
+        decoder,
+        live,
+        encoder,
+        settings.topics.alerts,
+        settings.topics.dead_letter,
+        __version__,
+        metrics,
+    )
+    log.info(
+        "connecting",
+        version=__version__,
+        delivery=settings.delivery.mode,
+        input=settings.topics.input,
+        alerts=settings.topics.alerts,
+        dead_letter=settings.topics.dead_letter,
+        models=models.describe(),
+        consumer_config=masked(cconf),
+        producer_config=masked(pconf),
+    )
+
+    # 3. Kafka clients (they connect when the runner starts) and the delivery strategy.
+    # The callbacks reach the runner built below; librdkafka calls them only once it runs.
+    def on_kafka_error(error: KafkaError) -> None:
+        runner.on_kafka_error(error)
+
+    def on_complete(result: BatchResult) -> None:
+        metrics.end_to_end_latency.observe_many(result.latencies_s)
+        if on_batch is not None:
+            on_batch(result)
+
+    flush_timeout_s = settings.delivery.flush_timeout_s
+    delivery: Delivery
+    if exactly_once:
+        consumer = BatchConsumer(
+            {**cconf, "error_cb": on_kafka_error},
+            settings.topics.input,
+            settings.batch.max_size,
+            settings.batch.max_wait_ms / 1000.0,
+            settings.batch.linger_ms / 1000.0,
+            on_lag=metrics.set_lag,
+        )
+        delivery = ExactlyOnceDelivery(
+            consumer,
+            TransactionalPublisher({**pconf, "error_cb": on_kafka_error}, flush_timeout_s),
+            on_complete,
+            on_abort=metrics.transactions_aborted.inc,
+        )
+    else:
+        committer = OffsetCommitter()
+        consumer = BatchConsumer(
+            {**cconf, "error_cb": on_kafka_error, "on_commit": committer.on_commit},
+            settings.topics.input,
+            settings.batch.max_size,
+            settings.batch.max_wait_ms / 1000.0,
+            settings.batch.linger_ms / 1000.0,
+            on_lag=metrics.set_lag,
+        )
+        delivery = AtLeastOnceDelivery(
+            consumer,
+            Publisher({**pconf, "error_cb": on_kafka_error}, flush_timeout_s),
+            flush_timeout_s,
+            settings.delivery.commit_interval_ms / 1000.0,
+            settings.delivery.max_in_flight_batches,
+            on_complete,
+            committer=committer,
+        )
+
+    def start_metrics_server() -> MetricsServer | None:
+        if not settings.metrics.enabled:
+            return None
+        return MetricsServer(settings.metrics.host, settings.metrics.port, registry, health)
+
+    runner = Runner(
+        consumer,
+        pipeline,
+        delivery,
+        metrics,
+        health,
+        settings.metrics.summary_interval_s,
+        start_metrics_server,
+        stop,
+    )
+    return runner

@@ -95,7 +95,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _check(settings: Settings) -> int:
-    from stream_scorer.app import build_decoder, load_model, load_schema  # noqa: PLC0415
+    from stream_scorer.app import (  # noqa: PLC0415 - keep CLI start-up light
+        build_decoder,
+        event_fields,
+        load_model,
+        load_schema,
+    )
 
     reader = load_schema(settings.schema_.reader, "schema.reader")
     load_schema(settings.schema_.alert, "schema.alert")
@@ -103,12 +108,21 @@ def _check(settings: Settings) -> int:
     if settings.schema_.wire_format != "confluent":
         build_decoder(settings, reader, None)
     model = load_model(settings, reader)
-    card = model.scorer.card
+    card = model.card
+    fields = event_fields(settings, card, reader)
+    policies = getattr(card, "null_policies", None)
+    nulls = policies() if callable(policies) else {b.input: b.missing for b in card.bindings}
     sys.stdout.write(
         f"ok: config valid; reader schema {reader.get('name')}; model {card.name}/"
         f"{card.version} binds {len(card.bindings)} fields "
         f"({', '.join(b.field for b in card.bindings)}); threshold {model.threshold}; "
         f"wire format {settings.schema_.wire_format}\n"
+        f"  event id: {fields.id_field or '(coordinates)'}; event time: "
+        f"{fields.time_field or '(broker timestamp)'}; key: {fields.key_field or '(source key)'}"
+        f"; projection: {', '.join(fields.projection) or '(none)'}\n"
+        "  null policy per input: "
+        + ", ".join(f"{name}={policy}" for name, policy in nulls.items())
+        + "\n"
     )
     return EXIT_OK
 
@@ -125,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command in {"check", "config"}:
         return _check(settings)
     if command == "run":
-        from stream_scorer.runner import Runner  # noqa: PLC0415
+        from stream_scorer.app import build_runner  # noqa: PLC0415
 
         # Loading the model takes a moment; a SIGTERM meanwhile (an orchestrator scaling
         # down) must still end in a clean stop with exit code 0, not death by signal.
@@ -134,7 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: stop.set())
         log.info("starting", version=__version__, model=str(settings.model.path))
-        return Runner(settings, stop=stop).run()
+        return build_runner(settings, stop=stop).run()
     if command == "produce":
         from stream_scorer.devtools.loadgen import produce_events  # noqa: PLC0415
 
@@ -144,11 +158,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         log.info("produced", events=count, topic=settings.topics.input)
         return EXIT_OK
     if command == "score-file":
-        from stream_scorer.app import load_model, load_schema  # noqa: PLC0415
+        from stream_scorer.app import event_fields, load_model, load_schema  # noqa: PLC0415
         from stream_scorer.offline import score_file  # noqa: PLC0415
 
-        model = load_model(settings, load_schema(settings.schema_.reader, "schema.reader"))
-        counts = score_file(args.input, model, settings.batch.max_size, args.output or sys.stdout)
+        reader = load_schema(settings.schema_.reader, "schema.reader")
+        model = load_model(settings, reader)
+        fields = event_fields(settings, model.card, reader)
+        counts = score_file(
+            args.input, model, settings.batch.max_size, args.output or sys.stdout, fields
+        )
         log.info("scored_file", **counts)
         return EXIT_OK
     msg = f"unknown command {command}"

@@ -1,80 +1,40 @@
-"""Stage 5: events + scores → flagged results, by threshold.
+"""Stage 5: scores → decisions, by threshold. A pure function of scores and a threshold.
 
-In: the scored events and their probabilities. Out: a :class:`Scored` for every event whose
-score is at or above the threshold, the number left unflagged, and a :class:`Rejected` for any
-score that is not a number in [0, 1] (a model that returns NaN for one event has not scored it).
-
-A flagged event is decoded whole here, for the first time (the columnar decoder read only the
-fields the model binds and walked over the rest). If that decode fails, for example invalid
-UTF-8 in a string the model does not read, the event is rejected at stage ``decode`` instead of
-alerting: malformed input never reaches the alert topic. No side effects.
+In: one model's scores for the rows it scored, and its threshold. Out: which of those rows are
+flagged (score at or above the threshold) and which scores are not a probability at all (NaN,
+or outside [0, 1]: a model that returns NaN for one event has not scored it; the pipeline
+dead-letters those rows). Nothing is decoded and nothing is built here: turning flagged rows into
+whole events is :mod:`stream_scorer.materialise`'s job. No side effects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from stream_scorer.errors import RecordError
-from stream_scorer.records import Event, Rejected, Scored
-
-__all__ = ["FLAG", "flag_events"]
+__all__ = ["FLAG", "Decisions", "flag_scores"]
 
 #: The decision written on every published alert.
 FLAG = "FLAG"
 
 
-def flag_events(
-    events: Sequence[Event],
-    scores: NDArray[np.float64],
-    threshold: float,
-    model_name: str,
-    model_version: str,
-    scored_time_ms: int,
-) -> tuple[list[Scored], int, list[Rejected]]:
-    """Split scored events into flagged, unflagged (counted) and invalid scores.
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """What a threshold made of one model's scores; indices are positions in the scores."""
 
-    ``events`` may be lazy (see ``pipeline._ScoredRows``): ``events.source(i)`` gives a row's
-    source record without decoding it, and indexing decodes the event whole.
+    #: Positions whose score is a probability at or above the threshold, ascending.
+    flagged: NDArray[np.intp]
+    #: Positions whose score is not a probability (NaN, below 0, above 1), ascending.
+    invalid: NDArray[np.intp]
+    #: Positions with a valid score below the threshold (counted only).
+    unflagged: int
 
-    Returns:
-        Flagged results in batch order, the count of unflagged events, and rejects for scores
-        outside [0, 1] or NaN and for flagged events that do not decode whole.
-    """
-    source = getattr(events, "source", None)
+
+def flag_scores(scores: NDArray[np.float64], threshold: float) -> Decisions:
+    """Split scores into flagged, invalid and (counted) unflagged positions."""
     valid = (scores >= 0.0) & (scores <= 1.0)  # False for NaN too
-    flagged_rows = np.flatnonzero(valid & (scores >= threshold))
-    rejected = [
-        Rejected(
-            source(i) if source is not None else events[i].source,
-            "score",
-            "ModelError",
-            f"model returned {scores[i]!r}, not a probability",
-        )
-        for i in np.flatnonzero(~valid).tolist()
-    ]
-    flagged = []
-    for i in flagged_rows.tolist():
-        try:
-            event = events[i]  # once: a lazily decoded event costs a whole-record decode
-        except RecordError as exc:
-            record = source(i) if source is not None else exc.source
-            assert record is not None  # noqa: S101 - lazy rows always know their source
-            rejected.append(Rejected(record, exc.stage, type(exc).__name__, exc.reason))
-            continue
-        flagged.append(
-            Scored(
-                source=event.source,
-                event=event.fields,
-                score=float(scores[i]),
-                decision=FLAG,
-                threshold=threshold,
-                model_name=model_name,
-                model_version=model_version,
-                scored_time_ms=scored_time_ms,
-            )
-        )
-    unflagged = len(events) - len(flagged) - len(rejected)
-    return flagged, unflagged, rejected
+    flagged = np.flatnonzero(valid & (scores >= threshold))
+    invalid = np.flatnonzero(~valid)
+    return Decisions(flagged, invalid, len(scores) - len(flagged) - len(invalid))

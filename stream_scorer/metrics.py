@@ -37,7 +37,12 @@ __all__ = [
 ]
 
 #: Pipeline stages timed per batch (labels of stage_duration_seconds).
-STAGES = ("consume", "decode", "featurize", "score", "flag", "encode", "publish", "commit")
+#: ``backpressure`` is the at-least-once wait for room among the batches in flight;
+#: ``commit`` the exactly-once transaction commit.
+STAGES = (
+    "consume", "decode", "featurize", "score", "flag", "materialise", "encode", "publish",
+    "backpressure", "commit",
+)  # fmt: skip
 #: Stages that can reject a record (labels of records_dead_lettered_total).
 REJECT_STAGES = ("decode", "featurize", "score")
 #: End-to-end latency buckets: the product promises milliseconds, so resolve 1 ms to 10 s.
@@ -164,6 +169,21 @@ class ScorerMetrics:
         self.ready = Gauge(
             "stream_scorer_ready", "1 while the service is ready to score.", registry=registry
         )
+        self.rebalances = Counter(
+            "stream_scorer_rebalances_total",
+            "Partition assignment changes seen by this member, by kind.",
+            ["kind"], registry=registry,
+        )  # fmt: skip
+        self.batches_in_flight = Gauge(
+            "stream_scorer_batches_in_flight",
+            "Batches published but not yet acknowledged (at-least-once).", registry=registry,
+        )  # fmt: skip
+        self.model_swaps = Counter(
+            "stream_scorer_model_swaps_total",
+            "Times the live model set was replaced while running.", registry=registry,
+        )  # fmt: skip
+        for kind in ("assigned", "revoked", "lost"):
+            self.rebalances.labels(kind=kind)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
 
@@ -185,6 +205,14 @@ class ScorerMetrics:
         self.model_info.labels(
             model_name=name, model_version=version, sha256=sha256, input_layout=input_layout
         ).set(1)
+
+    def forget_lag(self, topic: str, partition: int) -> None:
+        """Stop exporting the lag of a partition this member no longer holds: its new owner
+        reports it, and a stale series would be counted twice across the group."""
+        try:
+            self.consumer_lag.remove(topic, str(partition))
+        except KeyError:
+            return  # never reported
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         """Record consumer lag of one partition."""

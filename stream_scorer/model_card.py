@@ -76,6 +76,10 @@ class ModelCard:
     threshold: float
     sha256: str | None
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    #: Input fields that identify an event on its alert (the card's ``event`` section).
+    event_id_field: str | None = None
+    event_time_field: str | None = None
+    key_field: str | None = None
 
     @property
     def model_file(self) -> Path:
@@ -148,6 +152,7 @@ class ModelCard:
             msg = f"threshold must be in [0, 1], got {threshold}"
             raise ValueError(msg)
         output = raw.get("output", {})
+        event = raw.get("event", {})
         return cls(
             path=folder,
             name=str(raw["name"]),
@@ -159,6 +164,9 @@ class ModelCard:
             threshold=threshold,
             sha256=raw.get("sha256"),
             raw=raw,
+            event_id_field=event.get("id_field"),
+            event_time_field=event.get("time_field"),
+            key_field=event.get("key_field"),
         )
 
 

@@ -1,10 +1,11 @@
 """Offline scoring behind ``stream-scorer score-file``: the same scores the stream gives.
 
-Reads an Avro object container file, runs the same featurize → score → flag stages with the
-same model, binding and threshold the service builds from the same settings, in batches of
-``batch.max_size``, and writes one result per event as JSON lines or an Avro container file.
-Events the stream would dead-letter are reported with their reason instead of a score. Tests
-use it as the reference the stream is checked against.
+Reads an Avro object container file, runs the stream's scoring policy
+(:func:`~stream_scorer.pipeline.score_and_flag`: featurize, score with the same bisection, flag)
+with the same model, binding, threshold and event fields the service builds from the same
+settings, in batches of ``batch.max_size``, and writes one result per event as JSON lines or an
+Avro container file. Events the stream would dead-letter are reported with their reason instead
+of a score. Tests use it as the reference the stream is checked against.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import fastavro
-import numpy as np
 
-from stream_scorer.encode import EVENT_ID_FIELD
-from stream_scorer.errors import ModelError
-from stream_scorer.pipeline import LoadedModel
-from stream_scorer.records import Event, SourceRecord
+from stream_scorer.encode import EventFields
+from stream_scorer.model_set import LoadedModel
+from stream_scorer.pipeline import score_and_flag
+from stream_scorer.records import DecodedBatch, Event, SourceRecord
 
 __all__ = ["SCORE_SCHEMA", "OfflineResult", "score_events", "score_file"]
 
@@ -58,57 +58,66 @@ def _batches(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[s
 
 
 def score_events(
-    events: Iterable[dict[str, Any]], model: LoadedModel, batch_size: int
+    events: Iterable[dict[str, Any]],
+    model: LoadedModel,
+    batch_size: int,
+    fields: EventFields | None = None,
 ) -> Iterator[OfflineResult]:
-    """Score decoded events in batches; yield one result dict per event, in input order."""
+    """Score decoded events in batches; yield one result dict per event, in input order.
+
+    ``fields`` names the event-id field (as the stream's alerts do); without it the event id
+    is the model card's ``event.id_field``, if any.
+    """
+    if fields is None:
+        fields = EventFields(id_field=getattr(model.card, "event_id_field", None))
     index = 0
     for chunk in _batches(events, batch_size):
         wrapped = [
-            Event(SourceRecord(FILE_TOPIC, 0, index + i, None, None), fields)
-            for i, fields in enumerate(chunk)
+            Event(SourceRecord(FILE_TOPIC, 0, index + i, None, None), event)
+            for i, event in enumerate(chunk)
         ]
-        yield from _score_chunk(wrapped, model)
+        yield from _score_chunk(wrapped, model, fields)
         index += len(chunk)
 
 
-def _score_chunk(events: Sequence[Event], model: LoadedModel) -> Iterator[OfflineResult]:
-    inputs, kept, rejected = model.features.build_inputs(events)
-    reasons = {r.source.offset: r.message for r in rejected}
-    try:
-        scores = model.scorer.score(inputs)
-        by_offset = {e.source.offset: float(s) for e, s in zip(kept, scores, strict=True)}
-    except ModelError:
-        # Same policy as the stream: score what the model takes, one event at a time.
-        by_offset = {}
-        for event in kept:
-            single, _, _ = model.features.build_inputs([event])
-            try:
-                by_offset[event.source.offset] = float(model.scorer.score(single)[0])
-            except ModelError as exc:
-                reasons[event.source.offset] = str(exc)
-    for event in events:
-        offset = event.source.offset
-        score = by_offset.get(offset)
-        valid = score is not None and bool(np.isfinite(score)) and 0.0 <= score <= 1.0
+def _score_chunk(
+    events: Sequence[Event], model: LoadedModel, fields: EventFields
+) -> Iterator[OfflineResult]:
+    """The stream's policy (:func:`~stream_scorer.pipeline.score_and_flag`) on one chunk."""
+    decoded = DecodedBatch.from_events(events, model.features.fields)
+    decision = score_and_flag(model, decoded)
+    scores: dict[int, float] = dict(
+        zip(decision.rows.tolist(), decision.scores.tolist(), strict=True)
+    )
+    flagged = set(decision.rows[decision.flagged].tolist())
+    reasons = {r.source.offset - events[0].source.offset: r.message for r in decision.rejected}
+    for row, event in enumerate(events):
+        score = scores.get(row)
         yield {
-            "index": offset,
-            "event_id": _event_id(event.fields),
-            "score": score if valid else None,
-            "flagged": bool(valid and score is not None and score >= model.threshold),
+            "index": event.source.offset,
+            "event_id": _event_id(event, fields),
+            "score": score,
+            "flagged": row in flagged,
             "threshold": model.threshold,
             "model_name": model.name,
             "model_version": model.version,
-            "error": None if valid else reasons.get(offset, f"model returned {score!r}"),
+            "error": None if score is not None else reasons.get(row, "not scored"),
         }
 
 
-def _event_id(fields: dict[str, Any]) -> str | None:
-    value = fields.get(EVENT_ID_FIELD)
+def _event_id(event: Event, fields: EventFields) -> str | None:
+    if fields.id_field is None:
+        return None
+    value = event.fields.get(fields.id_field)
     return None if value is None else str(value)
 
 
 def score_file(
-    source: Path, model: LoadedModel, batch_size: int, out: IO[str] | Path | None
+    source: Path,
+    model: LoadedModel,
+    batch_size: int,
+    out: IO[str] | Path | None,
+    fields: EventFields | None = None,
 ) -> dict[str, int]:
     """Score an Avro container file; write JSON lines to a stream or an ``.avro``/``.jsonl`` path.
 
@@ -126,7 +135,7 @@ def score_file(
 
     with source.open("rb") as fh:
         events: Iterable[dict[str, Any]] = fastavro.reader(fh)  # type: ignore[assignment]  # records of a record schema are dicts
-        results = counted(score_events(events, model, batch_size))
+        results = counted(score_events(events, model, batch_size, fields))
         if isinstance(out, Path) and out.suffix == ".avro":
             with out.open("wb") as avro_sink:
                 fastavro.writer(avro_sink, fastavro.parse_schema(SCORE_SCHEMA), results)

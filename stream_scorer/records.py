@@ -7,21 +7,22 @@ alert or a dead letter can always name the topic, partition and offset of its or
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any, NamedTuple, Protocol, overload
+from typing import Any, NamedTuple, Protocol, cast, overload
 
 import numpy as np
-from confluent_kafka import Message
 from numpy.typing import DTypeLike, NDArray
 
 __all__ = [
+    "Batch",
+    "BatchOutput",
+    "BatchResult",
     "DecodedBatch",
     "Event",
     "FieldColumn",
     "Header",
-    "MessageBatch",
+    "Outgoing",
     "Rejected",
     "Scored",
     "SourceRecord",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 Header = tuple[str, bytes | None]
+#: One message to publish: topic, key, value, headers.
+Outgoing = tuple[str, bytes | None, bytes | None, list[Header]]
 
 #: The stage names used in dead-letter headers, metric labels and log lines.
 Stage = str
@@ -59,98 +62,54 @@ class SourceRecord(NamedTuple):
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-class MessageBatch(Sequence[SourceRecord]):
-    """One consumed micro-batch: the consumer's messages, read a field at a time.
+class Batch(Protocol):
+    """One micro-batch as the stages read it: by column, and a record per row on demand.
 
-    The stages read a batch by column (every value to decode, every partition and offset to
-    commit, every timestamp to time), so those are taken from the messages in C, one ``map``
-    per field; a :class:`SourceRecord` is built only for the rows that are asked for one
-    (flagged events and dead letters). Building a record per message and transposing the
-    records back into columns cost about 1 µs per event, a tenth of the whole loop.
-
-    Every message must be a data message (no error), as :class:`~stream_scorer.consume.
-    BatchConsumer` hands them on.
+    The only implementation is :class:`~stream_scorer.consume.MessageBatch` (consume owns the
+    batch); this protocol lets the stages name the type without importing a stage.
     """
 
-    __slots__ = ("_messages", "_offsets", "_partitions", "_timestamps", "_topics", "values")
+    @property
+    def values(self) -> list[bytes | None]:
+        """Every message's value, in batch order."""
+        ...
 
-    def __init__(self, messages: list[Message]) -> None:
-        """Wrap data messages; their values are taken at once (decode reads them all)."""
-        self._messages = messages
-        #: Every message's value, in batch order.
-        self.values: list[bytes | None] = list(map(Message.value, messages))
-        self._topics: list[str] | None = None
-        self._partitions: NDArray[np.int64] | None = None
-        self._offsets: NDArray[np.int64] | None = None
-        self._timestamps: NDArray[np.int64] | None = None
+    @property
+    def topics(self) -> list[str]:
+        """Each message's topic."""
+        ...
+
+    @property
+    def partitions(self) -> NDArray[np.int64]:
+        """Each message's partition."""
+        ...
+
+    @property
+    def offsets(self) -> NDArray[np.int64]:
+        """Each message's offset."""
+        ...
+
+    @property
+    def timestamps_ms(self) -> NDArray[np.int64]:
+        """Each message's timestamp in epoch ms; 0 where the broker gave none."""
+        ...
 
     def __len__(self) -> int:
         """Messages in the batch."""
-        return len(self._messages)
+        ...
 
     @overload
     def __getitem__(self, index: int) -> SourceRecord: ...
     @overload
     def __getitem__(self, index: slice) -> Sequence[SourceRecord]: ...
     def __getitem__(self, index: int | slice) -> SourceRecord | Sequence[SourceRecord]:
-        """The record of one message (built on demand), or a list of them for a slice."""
-        if isinstance(index, slice):
-            return [_record(m) for m in self._messages[index]]
-        return _record(self._messages[index])
-
-    @property
-    def topics(self) -> list[str]:
-        """Each message's topic."""
-        if self._topics is None:
-            self._topics = list(map(Message.topic, self._messages))  # type: ignore[arg-type]
-        return self._topics
-
-    @property
-    def partitions(self) -> NDArray[np.int64]:
-        """Each message's partition."""
-        if self._partitions is None:
-            self._partitions = self._ints(map(Message.partition, self._messages))
-        return self._partitions
-
-    @property
-    def offsets(self) -> NDArray[np.int64]:
-        """Each message's offset."""
-        if self._offsets is None:
-            self._offsets = self._ints(map(Message.offset, self._messages))
-        return self._offsets
-
-    @property
-    def timestamps_ms(self) -> NDArray[np.int64]:
-        """Each message's timestamp in epoch ms; 0 where the broker gave none."""
-        if self._timestamps is None:
-            stamps = self._ints(map(itemgetter(1), map(Message.timestamp, self._messages)))
-            self._timestamps = np.maximum(stamps, 0)
-        return self._timestamps
-
-    def _ints(self, values: Iterable[Any]) -> NDArray[np.int64]:
-        """One int64 per message, from an iterator over them (a C-level ``map``)."""
-        return np.fromiter(values, np.int64, len(self._messages))
+        """The record of one row (built on demand), or a list of them for a slice."""
+        ...
 
 
-def _record(message: Message) -> SourceRecord:
-    headers = message.headers()
-    timestamp_ms = message.timestamp()[1]
-    return SourceRecord(
-        message.topic(),  # type: ignore[arg-type]  # set on every data message
-        message.partition(),  # type: ignore[arg-type]  # likewise
-        message.offset(),  # type: ignore[arg-type]  # likewise
-        message.key(),
-        message.value(),
-        tuple(headers) if headers else (),  # type: ignore[arg-type]  # (str, bytes)
-        timestamp_ms if timestamp_ms > 0 else 0,
-    )
-
-
-def batch_values(records: Sequence[SourceRecord]) -> list[bytes | None]:
-    """The value of every record of a batch, in order (a :class:`MessageBatch` has them)."""
-    if isinstance(records, MessageBatch):
-        return records.values
-    return [record.value for record in records]
+def batch_values(batch: Sequence[SourceRecord]) -> list[bytes | None]:
+    """The value of every record of a batch (a :class:`Batch`), in order."""
+    return cast(Batch, batch).values
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,3 +243,35 @@ def _plain(values: list[Any]) -> list[Any]:
     if isinstance(first, dt.date):
         return [None if v is None else (v - EPOCH.date()).days for v in values]
     return values
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch came to: counts, stage timings, the alerts and the rejects."""
+
+    consumed: int = 0
+    scored: int = 0
+    flagged: int = 0
+    unflagged: int = 0
+    dead_lettered: int = 0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    alerts: list[Scored] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    #: Events scored per model (``name/version``) that decided this batch.
+    scored_by: dict[str, int] = field(default_factory=dict)
+    #: Event timestamp → results acknowledged, per record with a timestamp, in seconds; set
+    #: by the delivery strategy once the batch is acknowledged (or committed).
+    latencies_s: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What the pipeline hands the delivery strategy: the batch, what to publish, its result.
+
+    The pipeline never publishes or waits; the strategy publishes :attr:`messages` (alerts and
+    dead letters, in order) and commits the batch's offsets once they are safe.
+    """
+
+    batch: Batch
+    messages: list[Outgoing]
+    result: BatchResult

@@ -38,6 +38,7 @@ from stream_scorer.errors import ConfigurationError
 
 __all__ = [
     "ENV_PREFIX",
+    "AlertSettings",
     "BatchSettings",
     "DeliverySettings",
     "KafkaSettings",
@@ -150,6 +151,23 @@ class TopicSettings(_Section):
             msg = f"topics.input, topics.alerts and topics.dead_letter must differ, got {names}"
             raise ValueError(msg)
         return self
+
+
+class AlertSettings(_Section):
+    """What an alert says about its event, beyond the score: id, time, key, projected fields."""
+
+    event_id_field: str | None = None
+    """Input field copied to the alert's ``event_id`` (consumers deduplicate on it); default:
+    the model card's ``event.id_field``; without either, ``topic[partition]@offset``."""
+    event_time_field: str | None = None
+    """Input field (timestamp-millis or long) copied to ``event_time``; default: the card's
+    ``event.time_field``; without either, the broker timestamp."""
+    key_field: str | None = None
+    """Input field whose value keys the alert; default: the card's ``event.key_field``; without
+    either, the source event's Kafka key, untouched (same partition, same order per entity)."""
+    projection: tuple[str, ...] = ()
+    """Input fields copied onto each alert's ``projection`` map, so the alerting service needs
+    no second lookup (e.g. ``["customer_id", "plan"]``)."""
 
 
 class SchemaSettings(_Section):
@@ -287,6 +305,8 @@ class Settings(BaseSettings):
     """Schemas and wire format."""
     model: ModelSettings = Field(default_factory=ModelSettings)
     """Model folder and runtime options."""
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    """Event id, time, key and projected fields of alerts."""
     batch: BatchSettings = Field(default_factory=BatchSettings)
     """Micro-batch size and wait."""
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)

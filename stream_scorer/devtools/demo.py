@@ -24,10 +24,10 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from stream_scorer.app import build_runner
 from stream_scorer.devtools.devregistry import DevSchemaRegistry
 from stream_scorer.devtools.loadgen import produce_events
-from stream_scorer.pipeline import BatchResult
-from stream_scorer.runner import Runner
+from stream_scorer.records import BatchResult
 from stream_scorer.settings import Settings, load_settings
 
 __all__ = ["run_demo"]
@@ -145,7 +145,7 @@ def run_demo(
         for topic in (settings.topics.input, settings.topics.alerts, settings.topics.dead_letter):
             owner.list_topics(topic, timeout=10)
     view = _LiveView()
-    runner = Runner(settings, on_batch=view.on_batch)
+    runner = build_runner(settings, on_batch=view.on_batch)
     stop = threading.Event()
     produced = [0]
     producer = threading.Thread(
@@ -167,9 +167,10 @@ def run_demo(
     runner.assigned.wait(JOIN_TIMEOUT_S)
     producer.start()
     start = time.monotonic()
+    champion = runner.models.current.champion
     out.write(
         f"Scoring {settings.topics.input} -> {settings.topics.alerts} with model "
-        f"{runner.model.name}/{runner.model.version} (threshold {runner.model.threshold}); "
+        f"{champion.label} (threshold {champion.threshold}); "
         f"producing {rate:.0f} events/s. Ctrl-C stops.\n"
     )
     try:

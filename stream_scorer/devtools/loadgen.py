@@ -22,8 +22,8 @@ from confluent_kafka import KafkaException, Producer
 
 from stream_scorer.app import load_schema
 from stream_scorer.decode import frame_body
+from stream_scorer.delivery.publish import producer_config
 from stream_scorer.devtools.generate import TransactionGenerator
-from stream_scorer.publish import producer_config
 from stream_scorer.registry import SchemaRegistryClient
 from stream_scorer.settings import Settings
 

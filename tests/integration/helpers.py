@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from stream_scorer.app import build_runner
 from stream_scorer.runner import Runner
 from stream_scorer.settings import Settings, load_settings
 
@@ -154,7 +155,7 @@ class RunningScorer:
 
     def __post_init__(self) -> None:
         """Build the runner (start-up checks) and start its loop."""
-        self.runner = Runner(self.settings, registry=self.registry)
+        self.runner = build_runner(self.settings, registry=self.registry)
         self.thread = threading.Thread(target=self._run, name="scorer-under-test", daemon=True)
         self.thread.start()
 

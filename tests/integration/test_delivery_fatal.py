@@ -15,9 +15,10 @@ import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
+from stream_scorer.app import build_runner
 from stream_scorer.errors import ModelError
 from stream_scorer.model_card import ModelCard
-from stream_scorer.runner import Runner
+from stream_scorer.model_set import ModelSet
 
 from .helpers import committed_offsets, produce_values, read_topic, scorer_settings
 from .scorer_process import ScorerProcess, base_config, encode_events, make_events
@@ -101,8 +102,11 @@ def test_model_down_stops_without_committing_or_dead_lettering(
     }
     produce_values(kafka_bootstrap, topics["input"], encode_events(make_events(200, seed=61)))
     settings = scorer_settings(kafka_bootstrap, topics, None)
-    runner = Runner(settings, registry=CollectorRegistry())
-    runner.model = dataclasses.replace(runner.model, scorer=DownScorer(runner.model.scorer.card))
+    runner = build_runner(settings, registry=CollectorRegistry())
+    champion = runner.models.current.champion
+    runner.models.replace(
+        ModelSet(champion=dataclasses.replace(champion, scorer=DownScorer(champion.card)))
+    )
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(runner.run()), daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from stream_scorer.acks import AckTracker
+from stream_scorer.delivery.acks import AckTracker
 from stream_scorer.errors import PublishError
 
 

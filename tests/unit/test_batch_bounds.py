@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from stream_scorer.app import COMMIT_ALLOWANCE_S, check_batch_time_bounds
+from stream_scorer.delivery.publish import producer_config
 from stream_scorer.errors import ConfigurationError
-from stream_scorer.publish import producer_config
-from stream_scorer.runner import COMMIT_ALLOWANCE_S, check_batch_time_bounds
 
 PLAIN = producer_config({}, {})
 TRANSACTIONAL = producer_config({}, {}, transactional_id="scorer-0")

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from stream_scorer.commit import (
+from stream_scorer.consume import MessageBatch
+from stream_scorer.delivery.commit import (
     OffsetCommitter,
     RebalanceCommitError,
     commit_offsets,
@@ -18,7 +19,7 @@ from stream_scorer.commit import (
     spans_to_offsets,
 )
 from stream_scorer.errors import CommitError, FatalError
-from stream_scorer.records import MessageBatch, SourceRecord
+from stream_scorer.records import SourceRecord
 
 MakeRecord = Callable[..., SourceRecord]
 
@@ -72,19 +73,21 @@ def test_highest_offset_plus_one_per_partition_regardless_of_order(
     random.Random(4).shuffle(coordinates)
     records = [make_record(b"", offset=o, partition=p, topic=t) for t, p, o in coordinates]
 
-    offsets = spans_to_offsets(partition_spans(records))
+    offsets = spans_to_offsets(partition_spans(MessageBatch.from_records(records)))
     assert _triples(offsets) == [("a", 0, 10), ("a", 1, 102), ("b", 0, 4)]
 
 
 def test_offset_zero_commits_one(make_record: MakeRecord) -> None:
     """A batch holding only offset 0 commits offset 1."""
-    offsets = spans_to_offsets(partition_spans([make_record(b"", offset=0)]))
+    offsets = spans_to_offsets(
+        partition_spans(MessageBatch.from_records([make_record(b"", offset=0)]))
+    )
     assert _triples(offsets) == [("transactions", 0, 1)]
 
 
 def test_empty_batch_commits_nothing() -> None:
     """No records, no offsets."""
-    assert spans_to_offsets(partition_spans([])) == []
+    assert spans_to_offsets(partition_spans(MessageBatch.from_records([]))) == []
 
 
 def test_commit_is_synchronous_with_the_given_offsets() -> None:
@@ -145,7 +148,7 @@ class ScriptedConsumer(FakeConsumer):
 @pytest.fixture
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry at once instead of after the coordinator back-off."""
-    monkeypatch.setattr("stream_scorer.commit.COMMIT_RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr("stream_scorer.delivery.commit.COMMIT_RETRY_BACKOFF_S", 0.0)
 
 
 @pytest.mark.usefixtures("no_backoff")
@@ -238,11 +241,18 @@ def test_partition_spans_are_first_and_last_offset_per_partition(make_record: Ma
     """One topic (the numpy path) and several topics (the loop) give the same spans."""
     coordinates = [("a", 1, o) for o in (7, 3, 9)] + [("a", 0, o) for o in (100, 42)]
     records = [make_record(b"", offset=o, partition=p, topic=t) for t, p, o in coordinates]
-    assert partition_spans(records) == {("a", 0): (42, 100), ("a", 1): (3, 9)}
+    assert partition_spans(MessageBatch.from_records(records)) == {
+        ("a", 0): (42, 100),
+        ("a", 1): (3, 9),
+    }
 
     mixed = [*records, make_record(b"", offset=5, partition=0, topic="b")]
-    assert partition_spans(mixed) == {("a", 0): (42, 100), ("a", 1): (3, 9), ("b", 0): (5, 5)}
-    assert partition_spans([]) == {}
+    assert partition_spans(MessageBatch.from_records(mixed)) == {
+        ("a", 0): (42, 100),
+        ("a", 1): (3, 9),
+        ("b", 0): (5, 5),
+    }
+    assert partition_spans(MessageBatch.from_records([])) == {}
 
 
 def test_partition_spans_of_a_consumed_batch_equal_those_of_its_records() -> None:
@@ -252,6 +262,6 @@ def test_partition_spans_of_a_consumed_batch_equal_those_of_its_records() -> Non
         batch = MessageBatch(
             [Message(topic=t, partition=p, offset=o, value=b"") for t, p, o in coordinates + extra]
         )
-        assert partition_spans(batch) == partition_spans(list(batch))
+        assert partition_spans(batch) == partition_spans(MessageBatch.from_records(list(batch)))
         assert partition_spans(batch)[("a", 0)] == (42, 100)
     assert partition_spans(MessageBatch([])) == {}

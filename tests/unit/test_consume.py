@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from stream_scorer.consume import BatchConsumer
+from stream_scorer.consume import BatchConsumer, MessageBatch
 from stream_scorer.errors import FatalError
-from stream_scorer.records import MessageBatch, SourceRecord
+from stream_scorer.records import SourceRecord
 
 
 def data_message(offset: int) -> Message:

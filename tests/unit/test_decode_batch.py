@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stream_scorer.consume import MessageBatch
 from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, WireFormat, frame_body
 from stream_scorer.devtools.devregistry import DevSchemaRegistry
 from stream_scorer.devtools.generate import TransactionGenerator
@@ -69,8 +70,8 @@ def test_columnar_equals_record_decoder_on_generated_events(
     records = _records(values)
     columnar = ColumnarAvroDecoder(reader_schema, wire_format, (), client)
     reference = AvroDecoder(reader_schema, wire_format, (), client)
-    result = columnar.decode(records, FIELDS)
-    _assert_same(result, reference.decode(records, FIELDS))
+    result = columnar.decode(MessageBatch.from_records(records), FIELDS)
+    _assert_same(result, reference.decode(MessageBatch.from_records(records), FIELDS))
     assert len(result.rejected) == len([i for i in range(2_000) if i % 97 in (3, 5, 7)])
 
 
@@ -95,9 +96,14 @@ def test_schema_change_mid_batch_keeps_batch_order(
         else:
             values.append(frame_body("confluent", avro_bytes(reader_schema, event), v1))
     records = _records(values)
-    result = ColumnarAvroDecoder(reader_schema, "confluent", (), client).decode(records, FIELDS)
+    result = ColumnarAvroDecoder(reader_schema, "confluent", (), client).decode(
+        MessageBatch.from_records(records), FIELDS
+    )
     _assert_same(
-        result, AvroDecoder(reader_schema, "confluent", (), client).decode(records, FIELDS)
+        result,
+        AvroDecoder(reader_schema, "confluent", (), client).decode(
+            MessageBatch.from_records(records), FIELDS
+        ),
     )
     assert result.event_at(0).fields["is_new_device"] is False
 
@@ -115,7 +121,7 @@ def test_unknown_schema_id_between_good_values_is_rejected_alone(
     ]
     values[4] = frame_body("confluent", avro_bytes(reader_schema, events[4]), 424_242)
     result = ColumnarAvroDecoder(reader_schema, "confluent", (), client).decode(
-        _records(values), FIELDS
+        MessageBatch.from_records(_records(values)), FIELDS
     )
     assert [r.source.offset for r in result.rejected] == [4]
     assert "unknown schema id 424242" in result.rejected[0].message
@@ -128,7 +134,9 @@ def test_only_requested_fields_become_columns(
     """Decode returns exactly the requested fields as columns; whole events only on demand."""
     events, _ = TransactionGenerator(seed=10).generate(100)
     records = _records([avro_bytes(reader_schema, e) for e in events])
-    result = ColumnarAvroDecoder(reader_schema, "plain").decode(records, ("amount", "channel"))
+    result = ColumnarAvroDecoder(reader_schema, "plain").decode(
+        MessageBatch.from_records(records), ("amount", "channel")
+    )
     assert set(result.columns) == {"amount", "channel"}
     assert np.allclose(result.columns["amount"].to_numpy(np.float64), [e["amount"] for e in events])
     assert result.columns["channel"].to_objects().tolist() == [e["channel"] for e in events]
@@ -146,7 +154,9 @@ def test_writer_that_cannot_be_resolved_rejects_its_records(
             field["type"] = "string"
     events, _ = TransactionGenerator(seed=11).generate(5)
     values: list[bytes | None] = [avro_bytes(writer, {**e, "amount": "12.5"}) for e in events]
-    result = ColumnarAvroDecoder(reader_schema, "plain", [writer]).decode(_records(values), FIELDS)
+    result = ColumnarAvroDecoder(reader_schema, "plain", [writer]).decode(
+        MessageBatch.from_records(_records(values)), FIELDS
+    )
     assert len(result.records) == 0
     assert len(result.rejected) == 5
     assert all("cannot be read as the reader schema" in r.message for r in result.rejected)
@@ -162,20 +172,6 @@ class _ThresholdScorer:
         return (inputs["amount"][:, 0] > 500).astype(np.float64)
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes | None]] = []
-
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
-        self.messages.append((topic, value))
-
-    def poll(self) -> None:
-        """Nothing to serve."""
-
-    def flush(self) -> None:
-        """Nothing outstanding."""
-
-
 def test_pipeline_decodes_whole_events_only_for_alerts(
     reader_schema: dict[str, Any], avro_bytes: AvroBytes, alert_schema: dict[str, Any]
 ) -> None:
@@ -185,7 +181,8 @@ def test_pipeline_decodes_whole_events_only_for_alerts(
     from stream_scorer.encode import AlertEncoder  # noqa: PLC0415
     from stream_scorer.featurize import FeatureBuilder  # noqa: PLC0415
     from stream_scorer.model_card import ModelCard  # noqa: PLC0415
-    from stream_scorer.pipeline import LoadedModel, Pipeline  # noqa: PLC0415
+    from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet  # noqa: PLC0415
+    from stream_scorer.pipeline import Pipeline  # noqa: PLC0415
 
     card = ModelCard.load(Path(__file__).resolve().parents[2] / "models/fraud/1")
     model = LoadedModel(_ThresholdScorer(card), FeatureBuilder(card), 0.5, {})
@@ -205,9 +202,10 @@ def test_pipeline_decodes_whole_events_only_for_alerts(
     decoder.decode = counting  # type: ignore[method-assign]  # count whole-event decodes
     events, _ = TransactionGenerator(seed=12).generate(1_000)
     records = _records([avro_bytes(reader_schema, e) for e in events])
-    sink = _Sink()
-    pipeline = Pipeline(decoder, model, AlertEncoder(alert_schema, b"", "t"), sink, "a", "d", "t")
-    result = pipeline.process(records)
+    pipeline = Pipeline(
+        decoder, LiveModels(ModelSet(model)), AlertEncoder(alert_schema, b"", "t"), "a", "d", "t"
+    )
+    result = pipeline.process(MessageBatch.from_records(records)).result
     flagged = sum(e["amount"] > 500 for e in events)
     assert 0 < result.flagged == flagged < 1_000
     assert len(whole) == flagged

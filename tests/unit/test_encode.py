@@ -11,12 +11,14 @@ import fastavro
 import pytest
 
 from stream_scorer.decode import WireFormat, frame_body
-from stream_scorer.encode import AlertEncoder, event_time_ms
+from stream_scorer.encode import AlertEncoder, EventFields, event_time_ms, projected_value
 from stream_scorer.records import Scored, SourceRecord
 
 MakeRecord = Callable[..., SourceRecord]
 EVENT_TIME = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.UTC)
 EVENT_TIME_MS = 1_772_600_767_890
+#: The shipped fraud card's event fields.
+FRAUD = EventFields(id_field="transaction_id", time_field="event_time")
 
 
 def _scored(source: SourceRecord, event: dict[str, Any]) -> Scored:
@@ -45,7 +47,7 @@ def test_alert_value_decodes_against_alert_schema(
 ) -> None:
     """After the frame header, the value is an Alert with the event's id, score and lineage."""
     header = frame_body(wire_format, b"", schema_id=42, schema=alert_schema)
-    encoder = AlertEncoder(alert_schema, header, "9.9.9")
+    encoder = AlertEncoder(alert_schema, header, "9.9.9", FRAUD)
     source = make_record(b"ignored", offset=1234, partition=5, key=b"card-77")
     event = {"transaction_id": "txn-abc", "event_time": EVENT_TIME, "amount": 1.0}
 
@@ -67,6 +69,7 @@ def test_alert_value_decodes_against_alert_schema(
         "source_topic": "transactions",
         "source_partition": 5,
         "source_offset": 1234,
+        "projection": None,
     }
 
 
@@ -74,7 +77,7 @@ def test_alert_fields_hold_event_time_in_epoch_millis(
     alert_schema: dict[str, Any], make_record: MakeRecord
 ) -> None:
     """event_time in the alert record is epoch milliseconds of the event's datetime."""
-    encoder = AlertEncoder(alert_schema, b"", "1.0")
+    encoder = AlertEncoder(alert_schema, b"", "1.0", FRAUD)
     fields = encoder.alert_fields(
         _scored(make_record(b""), {"transaction_id": "t", "event_time": EVENT_TIME})
     )
@@ -139,7 +142,7 @@ def test_missing_id_and_time_fall_back_to_coordinates_and_record_timestamp(
 
 def test_custom_id_and_time_fields(alert_schema: dict[str, Any], make_record: MakeRecord) -> None:
     """The encoder reads the event id and time from the fields it was configured with."""
-    encoder = AlertEncoder(alert_schema, b"", "1.0", event_id_field="id", event_time_field="ts")
+    encoder = AlertEncoder(alert_schema, b"", "1.0", EventFields(id_field="id", time_field="ts"))
 
     fields = encoder.alert_fields(_scored(make_record(b""), {"id": 17, "ts": 5000}))
 
@@ -160,3 +163,73 @@ def test_custom_id_and_time_fields(alert_schema: dict[str, Any], make_record: Ma
 def test_event_time_ms(value: Any, expected: int) -> None:
     """Datetimes become epoch millis, ints pass through, anything else takes the fallback."""
     assert event_time_ms(value, -1) == expected
+
+
+def test_key_field_keys_the_alert(alert_schema: dict[str, Any], make_record: MakeRecord) -> None:
+    """With a key field, the alert's Kafka key and ``key`` field are that field's value (so
+    equal values share a partition); a null value gives a null key."""
+    encoder = AlertEncoder(alert_schema, b"", "1.0", EventFields(key_field="customer_id"))
+    source = make_record(b"", key=b"ignored")
+
+    key, value, _ = encoder.encode(_scored(source, {"customer_id": "c-9"}))
+    null_key, _, _ = encoder.encode(_scored(source, {"customer_id": None}))
+
+    assert key == b"c-9"
+    assert _decode(alert_schema, value)["key"] == "c-9"
+    assert null_key is None
+
+
+def test_projection_copies_named_fields_with_their_types(
+    alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """Projected fields land on the alert's projection map: scalars typed, enums as symbols,
+    timestamps as epoch ms, arrays and maps as JSON, nulls as null."""
+    fields = EventFields(
+        projection=("plan", "tenure", "autopay", "charges", "seen", "calls", "attrs", "gone")
+    )
+    encoder = AlertEncoder(alert_schema, b"", "1.0", fields)
+    event = {
+        "plan": "GOLD",
+        "tenure": 14,
+        "autopay": True,
+        "charges": 49.5,
+        "seen": EVENT_TIME,
+        "calls": [3, 0, 7],
+        "attrs": {"os": "android"},
+        "gone": None,
+    }
+
+    _, value, _ = encoder.encode(_scored(make_record(b""), event))
+
+    assert _decode(alert_schema, value)["projection"] == {
+        "plan": "GOLD",
+        "tenure": 14,
+        "autopay": True,
+        "charges": 49.5,
+        "seen": EVENT_TIME_MS,
+        "calls": "[3, 0, 7]",
+        "attrs": '{"os": "android"}',
+        "gone": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (b"\x01\xff", "01ff"),
+        (dt.date(1970, 1, 11), 10),
+        ({"b": 1, "a": [1]}, '{"a": [1], "b": 1}'),
+    ],
+    ids=["null", "bytes", "date", "map"],
+)
+def test_projected_value(value: Any, expected: Any) -> None:
+    """Values without an Avro scalar counterpart get a stable string or number form."""
+    assert projected_value(value) == expected
+
+
+def test_event_fields_name_every_field_they_read() -> None:
+    """fields() lists id, time, key and projection once each, in that order."""
+    fields = EventFields("id", "ts", "id", ("plan", "ts"))
+
+    assert fields.fields() == ("id", "ts", "plan")

@@ -20,8 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_scorer.app import build_alert_encoder, build_decoder, load_model, load_schema
+from stream_scorer.consume import MessageBatch
 from stream_scorer.decode import AvroDecoder, frame_body
 from stream_scorer.devtools.generate import TransactionGenerator
+from stream_scorer.model_set import LiveModels, ModelSet
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.records import Header, SourceRecord
 from stream_scorer.registry import SchemaNotFoundError
@@ -52,23 +54,11 @@ class FakeRegistry:
 
 
 class RecordingSink:
-    """A Sink that keeps every message and acknowledges everything."""
+    """Keeps every message the pipeline returned to publish."""
 
     def __init__(self) -> None:
         """Empty."""
         self.messages: list[tuple[str, bytes | None, bytes | None, Sequence[Header]]] = []
-
-    def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[Header]
-    ) -> None:
-        """Keep the message."""
-        self.messages.append((topic, key, value, headers))
-
-    def poll(self) -> None:
-        """Nothing to serve."""
-
-    def flush(self) -> None:
-        """Everything is acknowledged."""
 
 
 def fuzz_settings(wire_format: str) -> Settings:
@@ -139,9 +129,8 @@ def pipeline_for(wire_format: str) -> tuple[AvroDecoder, Pipeline, RecordingSink
         sink = RecordingSink()
         pipeline = Pipeline(
             build_decoder(config, READER, registry),  # type: ignore[arg-type]
-            load_model(config, READER),
+            LiveModels(ModelSet(load_model(config, READER))),
             build_alert_encoder(config, None) if wire_format != "confluent" else _encoder(),
-            sink,
             ALERTS,
             DLQ,
             "fuzz",
@@ -170,7 +159,9 @@ def check_batch(wire_format: str, values: list[bytes | None], parity: bool = Fal
         assert reject.stage == "decode" and reject.message
 
     sink.messages.clear()
-    result = pipeline.process(records)
+    output = pipeline.process(MessageBatch.from_records(records))
+    sink.messages.extend(output.messages)
+    result = output.result
     assert result.consumed == len(records)
     assert result.flagged + result.unflagged + result.dead_lettered == len(records)
     dead = [m for m in sink.messages if m[0] == DLQ]

@@ -18,8 +18,8 @@ from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.errors import ModelError
 from stream_scorer.featurize import FeatureBuilder
 from stream_scorer.model_card import ModelCard
+from stream_scorer.model_set import LoadedModel
 from stream_scorer.offline import score_events, score_file
-from stream_scorer.pipeline import LoadedModel
 from stream_scorer.score import OnnxScorer
 from stream_scorer.settings import load_settings
 

@@ -1,4 +1,5 @@
-"""The pipeline: stages 2–7 on one batch with a real decoder, fake scorers and a fake sink."""
+"""The pipeline: stages 2–6 on one batch with a real decoder and fake scorers; it returns
+what to publish and never publishes."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from stream_scorer.consume import MessageBatch
 from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, Decoder
-from stream_scorer.encode import AlertEncoder
-from stream_scorer.errors import FatalError, ModelError, PublishError
+from stream_scorer.encode import AlertEncoder, EventFields
+from stream_scorer.errors import FatalError, ModelError
 from stream_scorer.featurize import FeatureBuilder
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_card import ModelCard
-from stream_scorer.pipeline import LoadedModel, Pipeline
-from stream_scorer.records import Header, MessageBatch, SourceRecord
+from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
+from stream_scorer.pipeline import Pipeline
+from stream_scorer.records import BatchResult, Header, SourceRecord
 from stream_scorer.registry import RegistryError
 
 MakeRecord = Callable[..., SourceRecord]
@@ -95,37 +98,38 @@ class PickyScorer(AmountScorer):
         return super().score(inputs)
 
 
-class FakeSink:
-    """A Sink that keeps every produced message; flush can be made to fail."""
+Message_ = tuple[str, bytes | None, bytes | None, list[Header]]
 
-    def __init__(self, fail_flush: bool = False) -> None:
+
+class Outputs:
+    """Every message the pipeline returned, across batches, in order."""
+
+    def __init__(self) -> None:
         """Start empty."""
-        self.messages: list[tuple[str, bytes | None, bytes | None, list[Header]]] = []
-        self.flushes = 0
-        self.fail_flush = fail_flush
+        self.messages: list[Message_] = []
 
-    def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[Header]
-    ) -> None:
-        """Keep the message."""
-        self.messages.append((topic, key, value, list(headers)))
-
-    def poll(self) -> None:
-        """Nothing to serve."""
-
-    def flush(self) -> None:
-        """Count the flush, or fail like an unacknowledged produce."""
-        self.flushes += 1
-        if self.fail_flush:
-            msg = "1 message not acknowledged: broker down"
-            raise PublishError(msg)
-
-    def on(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, list[Header]]]:
-        """Messages produced to ``topic``."""
+    def on(self, topic: str) -> list[Message_]:
+        """Messages returned for ``topic``."""
         return [m for m in self.messages if m[0] == topic]
 
 
-Build = Callable[..., tuple[Pipeline, FakeSink]]
+class Processing:
+    """A pipeline whose outputs are collected, called like the old ``process``."""
+
+    def __init__(self, pipeline: Pipeline, outputs: Outputs) -> None:
+        """Wrap ``pipeline``."""
+        self.pipeline = pipeline
+        self.outputs = outputs
+
+    def process(self, records: Sequence[SourceRecord] | MessageBatch) -> BatchResult:
+        """Run one batch (records become a MessageBatch, as the consumer hands them on)."""
+        batch = records if isinstance(records, MessageBatch) else MessageBatch.from_records(records)
+        output = self.pipeline.process(batch)
+        self.outputs.messages.extend(output.messages)
+        return output.result
+
+
+Build = Callable[..., tuple[Processing, Outputs]]
 
 
 @pytest.fixture
@@ -149,27 +153,26 @@ def build(
     alert_schema: dict[str, Any],
     registry: CollectorRegistry,
 ) -> Build:
-    """``build(scorer_cls=AmountScorer, sink=None, decoder=None)`` → a plain-Avro pipeline
-    (record decoder unless ``decoder`` is given) and its sink."""
+    """``build(scorer_cls=AmountScorer, decoder=None)`` → a plain-Avro pipeline (record decoder
+    unless ``decoder`` is given) and what it returned to publish."""
 
     def make(
-        scorer_cls: type[AmountScorer] = AmountScorer,
-        sink: FakeSink | None = None,
-        decoder: Decoder | None = None,
-    ) -> tuple[Pipeline, FakeSink]:
-        sink = sink or FakeSink()
+        scorer_cls: type[AmountScorer] = AmountScorer, decoder: Decoder | None = None
+    ) -> tuple[Processing, Outputs]:
+        sink = Outputs()
         pipeline = Pipeline(
             decoder=decoder or AvroDecoder(reader_schema, "plain"),
-            model=_loaded(scorer_cls(card)),
-            encoder=AlertEncoder(alert_schema, b"", "test-version"),
-            sink=sink,
+            models=LiveModels(ModelSet(_loaded(scorer_cls(card)))),
+            encoder=AlertEncoder(
+                alert_schema, b"", "test-version", EventFields("transaction_id", "event_time")
+            ),
             alert_topic=ALERTS,
             dead_letter_topic=DLQ,
             scorer_version="test-version",
             metrics=ScorerMetrics(registry),
             clock_ms=lambda: NOW_MS,
         )
-        return pipeline, sink
+        return Processing(pipeline, sink), sink
 
     return make
 
@@ -241,7 +244,6 @@ def test_every_record_is_accounted_for(
     ]
     assert dead[0][2] == b"\x00garbage"
     assert len(sink.messages) == 5
-    assert sink.flushes == 1
 
 
 def test_poison_event_is_isolated_by_bisection(
@@ -286,7 +288,7 @@ def test_two_poison_events_are_both_isolated(
 def test_model_down_is_fatal_and_produces_nothing(
     build: Build, records: Callable[..., list[SourceRecord]]
 ) -> None:
-    """When the canary fails too, ModelError propagates and nothing is produced or flushed."""
+    """When the canary fails too, ModelError propagates and nothing is returned to publish."""
     pipeline, sink = build(DownScorer)
 
     with pytest.raises(ModelError, match="session lost") as caught:
@@ -294,7 +296,6 @@ def test_model_down_is_fatal_and_produces_nothing(
 
     assert isinstance(caught.value, FatalError)
     assert sink.messages == []
-    assert sink.flushes == 0
 
 
 def test_model_up_but_failing_on_every_event_dead_letters_them(
@@ -309,18 +310,6 @@ def test_model_up_but_failing_on_every_event_dead_letters_them(
     assert [_header(m[3], "error.stage") for m in sink.on(DLQ)] == [b"score"] * 3
 
 
-def test_publish_failure_propagates(
-    build: Build, records: Callable[..., list[SourceRecord]]
-) -> None:
-    """A flush that raises PublishError stops the batch (no commit upstream)."""
-    pipeline, sink = build(sink=FakeSink(fail_flush=True))
-
-    with pytest.raises(PublishError, match="not acknowledged"):
-        pipeline.process(records(90.0, 10.0))
-
-    assert sink.flushes == 1
-
-
 def test_swap_model_takes_effect_at_the_next_batch(
     build: Build,
     records: Callable[..., list[SourceRecord]],
@@ -328,25 +317,26 @@ def test_swap_model_takes_effect_at_the_next_batch(
     write_card: WriteCard,
     alert_schema: dict[str, Any],
 ) -> None:
-    """A model swapped in during a batch serves from the next batch; the current one keeps its."""
-    pipeline, sink = build()
+    """A model set replaced during a batch serves from the next batch; the current batch is
+    scored wholly by the set it started with."""
+    processing, sink = build()
+    live = processing.pipeline.models
     new_card = ModelCard.load(write_card({**CARD, "name": "fake", "version": "2"}, "fake2"))
-    new_model = _loaded(AmountScorer(new_card), threshold=0.05)
-    old_scorer = pipeline.model.scorer
-    assert isinstance(old_scorer, AmountScorer)
+    new_set = ModelSet(_loaded(AmountScorer(new_card), threshold=0.05))
 
     class SwappingScorer(AmountScorer):
         def score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
-            pipeline.swap_model(new_model)  # a reload lands mid-batch
+            live.replace(new_set)  # a promotion lands mid-batch
             return super().score(inputs)
 
-    pipeline.swap_model(_loaded(SwappingScorer(card)))
-    first = pipeline.process(records(90.0, 10.0))
-    second = pipeline.process(records(90.0, 10.0))
+    live.replace(ModelSet(_loaded(SwappingScorer(card))))
+    first = processing.process(records(90.0, 10.0))
+    second = processing.process(records(90.0, 10.0))
 
     assert [(a.model_version, a.threshold) for a in first.alerts] == [("1", 0.5)]
     assert [(a.model_version, a.threshold) for a in second.alerts] == [("2", 0.05)] * 2
-    assert pipeline.model is new_model
+    assert live.current is new_set
+    assert (first.scored_by, second.scored_by) == ({"fake/1": 2}, {"fake/2": 2})
     versions = [_alert(alert_schema, m[2])["model_version"] for m in sink.on(ALERTS)]
     assert versions == ["1", "2", "2"]
 
@@ -354,10 +344,11 @@ def test_swap_model_takes_effect_at_the_next_batch(
 def test_metrics_are_updated(
     build: Build, records: Callable[..., list[SourceRecord]], registry: CollectorRegistry
 ) -> None:
-    """Scored, flagged and dead-letter counters, batch size, stage times and latency move."""
+    """Scored, flagged and dead-letter counters and the batch size move; stage times are
+    returned with the result (the runner observes them with the delivery's own)."""
     pipeline, _ = build()
 
-    pipeline.process(records(90.0, 10.0, b"", None, 150.0))
+    first = pipeline.process(records(90.0, 10.0, b"", None, 150.0))
     pipeline.process(records(70.0))
 
     labels = {"model_name": "fake", "model_version": "1"}
@@ -378,23 +369,8 @@ def test_metrics_are_updated(
         )
     assert value("stream_scorer_batch_size_count") == 2
     assert value("stream_scorer_batch_size_sum") == 6
-    for stage in ("decode", "featurize", "score", "flag", "encode", "publish"):
-        assert value("stream_scorer_stage_duration_seconds_count", {"stage": stage}) == 2
-    assert value("stream_scorer_end_to_end_latency_seconds_count") == 6
-    assert value("stream_scorer_end_to_end_latency_seconds_sum") == pytest.approx(6 * 0.25)
-
-
-def test_latency_is_clock_minus_record_timestamp(
-    build: Build, make_record: MakeRecord, records: Callable[..., list[SourceRecord]]
-) -> None:
-    """Latency per record is the clock at acknowledgement minus its timestamp; 0 means none."""
-    pipeline, _ = build()
-    (with_time,) = records(10.0)
-    without_time = make_record(with_time.value, offset=1, timestamp_ms=0)
-
-    result = pipeline.process([with_time, without_time])
-
-    assert result.latencies_s.tolist() == [0.25]
+    assert set(first.stage_s) == {"decode", "featurize", "score", "flag", "materialise", "encode"}
+    assert all(seconds >= 0 for seconds in first.stage_s.values())
 
 
 def test_consumed_batch_scores_like_its_records(
@@ -421,17 +397,16 @@ def test_consumed_batch_scores_like_its_records(
     assert [a.source for a in result.alerts] == [a.source for a in expected.alerts]
     assert [a.score for a in result.alerts] == [a.score for a in expected.alerts]
     assert [r.source for r in result.rejected] == [r.source for r in expected.rejected]
-    assert result.latencies_s.tolist() == expected.latencies_s.tolist()
     assert (result.flagged, result.dead_lettered) == (2, 1)
 
 
 def test_empty_batch_does_nothing(build: Build) -> None:
-    """An empty batch produces nothing and does not flush."""
+    """An empty batch returns nothing to publish."""
     pipeline, sink = build()
 
     result = pipeline.process([])
 
-    assert (result.consumed, result.dead_lettered, sink.messages, sink.flushes) == (0, 0, [], 0)
+    assert (result.consumed, result.dead_lettered, sink.messages) == (0, 0, [])
 
 
 def test_dead_letters_are_logged(build: Build, records: Callable[..., list[SourceRecord]]) -> None:
@@ -460,13 +435,12 @@ def test_unreachable_registry_is_fatal_and_produces_nothing(
     build: Build, reader_schema: dict[str, Any], make_record: MakeRecord
 ) -> None:
     """A registry outage during decode propagates as FatalError before anything is produced."""
-    pipeline, sink = build()
-    pipeline._decoder = AvroDecoder(reader_schema, "confluent", registry=DownRegistry())
+    pipeline, sink = build(decoder=AvroDecoder(reader_schema, "confluent", registry=DownRegistry()))
 
     with pytest.raises(FatalError, match="cannot fetch writer schema 7"):
         pipeline.process([make_record(b"\x00\x00\x00\x00\x07body")])
 
-    assert (sink.messages, sink.flushes) == ([], 0)
+    assert sink.messages == []
 
 
 def test_flagged_event_that_does_not_decode_whole_is_dead_lettered(

@@ -1,8 +1,8 @@
 """Stage 8: move the consumer group past a batch, only after its results are acknowledged.
 
-In: the batch's :class:`SourceRecord` values. Out: committed offsets, one per partition, each
-the highest consumed offset + 1. The commit is synchronous. A transient failure (coordinator
-moving or loading, a timeout, a broker briefly away) is retried until
+In: the batch (:class:`~stream_scorer.records.Batch`). Out: committed offsets, one per
+partition, each the highest consumed offset + 1. The commit is synchronous. A transient failure
+(coordinator moving or loading, a timeout, a broker briefly away) is retried until
 :data:`COMMIT_TIMEOUT_S`. A commit refused because the group is rebalancing raises
 :class:`RebalanceCommitError`: the batch's results are already acknowledged, so the caller may
 carry on (at-least-once allows the next owner to score the batch again). Any other failure
@@ -22,7 +22,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from stream_scorer.errors import CommitError
-from stream_scorer.records import MessageBatch, SourceRecord
+from stream_scorer.records import Batch
 
 __all__ = [
     "COMMIT_TIMEOUT_S",
@@ -59,31 +59,24 @@ class RebalanceCommitError(CommitError):
     stale; the batch's results are acknowledged, only the offsets did not move."""
 
 
-def partition_spans(records: Sequence[SourceRecord]) -> dict[tuple[str, int], tuple[int, int]]:
+def partition_spans(batch: Batch) -> dict[tuple[str, int], tuple[int, int]]:
     """First and last offset of the batch per (topic, partition), in sorted order.
 
-    Runs once per batch over every record: the partitions and offsets are read as columns (a
-    :class:`MessageBatch` has them; other records are transposed in C with ``zip``) and
-    grouped with numpy.
+    Runs once per batch over every record, on the batch's columns, grouped with numpy.
     """
-    if not records:
+    if not len(batch):
         return {}
-    if isinstance(records, MessageBatch):  # the run loop's batches: columns taken in C
-        topics: Sequence[str] = records.topics
-        parts, offs = records.partitions, records.offsets
-    else:
-        topics, partitions, offsets = tuple(zip(*records, strict=True))[:3]
-        parts = np.fromiter(partitions, np.int64, len(records))
-        offs = np.fromiter(offsets, np.int64, len(records))
-    if topics.count(topics[0]) != len(topics):  # several input topics: rare, keep it simple
-        spans: dict[tuple[str, int], tuple[int, int]] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            first, last = spans.get(key, (record.offset, record.offset))
-            spans[key] = (min(first, record.offset), max(last, record.offset))
-        return dict(sorted(spans.items()))
-    topic = topics[0]
+    topics: Sequence[str] = batch.topics
+    parts, offs = batch.partitions, batch.offsets
     result: dict[tuple[str, int], tuple[int, int]] = {}
+    if topics.count(topics[0]) != len(topics):  # several input topics: rare, keep it simple
+        for topic in sorted(set(topics)):
+            mask = np.fromiter((t == topic for t in topics), bool, len(topics))
+            for partition in np.unique(parts[mask]).tolist():
+                mine = offs[mask & (parts == partition)]
+                result[(topic, partition)] = (int(mine.min()), int(mine.max()))
+        return result
+    topic = topics[0]
     for partition in np.unique(parts).tolist():
         mine = offs[parts == partition]
         result[(topic, partition)] = (int(mine.min()), int(mine.max()))

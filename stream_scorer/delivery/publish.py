@@ -1,24 +1,23 @@
-"""Stage 7: produce alerts and dead letters; a batch is done only when all are acknowledged.
+"""Stage 7: produce alerts and dead letters, and check every delivery report.
 
-Every produced message's delivery report is checked in the callback; :meth:`flush` waits for all
-of them and raises :class:`~stream_scorer.errors.PublishError` once if any failed or any is still
-outstanding at the deadline. In the pipelined at-least-once loop the runner hands the
-publisher a :class:`~stream_scorer.acks.BatchTicket` per batch instead (:meth:`track`), which
-counts that batch's deliveries so its offsets are committed once they are all acknowledged.
-When librdkafka's local queue is full (a slow broker, a throttled downstream), :meth:`produce`
-serves delivery reports and waits instead of dropping or growing memory: the loop that called
-it consumes nothing meanwhile, so consumption pauses.
+:class:`Publisher` wraps one confluent-kafka producer. :meth:`Publisher.produce` queues one
+message and hands its delivery report to the callback the delivery strategy passes (the
+at-least-once strategy counts them per batch; the exactly-once strategy per transaction). When
+librdkafka's local queue is full (a slow broker, a throttled downstream), ``produce`` serves
+delivery reports and waits instead of dropping or growing memory, up to the batch's deadline:
+the loop that called it consumes nothing meanwhile, so consumption pauses.
 
-With ``delivery.mode = "exactly-once"`` the producer is transactional: one Kafka transaction
-per batch holds the alerts, the dead letters and the consumed offsets
-(``send_offsets_to_transaction``), so a ``read_committed`` reader sees each of them exactly once.
+:class:`TransactionalPublisher` adds the transactional calls of exactly-once mode (begin, send
+the consumed offsets, commit, abort) and classifies their errors the way the Kafka docs
+prescribe: abortable errors raise :class:`TransactionAbortedError` (rewind and score the batch
+again), anything else :class:`~stream_scorer.errors.FatalError`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -26,15 +25,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from stream_scorer.errors import FatalError, PublishError
 from stream_scorer.records import Header
 
-if TYPE_CHECKING:
-    from stream_scorer.acks import BatchTicket
+#: librdkafka's delivery report callback: ``(error or None, message)``.
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 __all__ = [
     "PRODUCER_DEFAULTS",
     "PRODUCER_OVERRIDES",
     "TRANSACTIONAL_DEFAULTS",
-    "ResultPublisher",
+    "DeliveryCallback",
+    "Publisher",
     "TransactionAbortedError",
+    "TransactionalPublisher",
     "producer_config",
     "transaction_timeout_s",
 ]
@@ -97,67 +98,40 @@ def transaction_timeout_s(config: Mapping[str, Any]) -> float | None:
     return float(config.get("transaction.timeout.ms", 60_000)) / 1000.0
 
 
-class ResultPublisher:
-    """Produces to the alert and dead-letter topics and checks every delivery."""
+class Publisher:
+    """Produces to the alert and dead-letter topics; delivery reports go to the caller."""
 
     def __init__(self, config: Mapping[str, Any], flush_timeout_s: float = 30.0) -> None:
-        """Create the producer; with ``transactional.id`` set, initialise transactions.
-
-        Raises:
-            FatalError: The transactional producer could not be initialised.
-        """
+        """Create the producer (connects lazily)."""
         self._producer = Producer(dict(config))
-        self._flush_timeout_s = flush_timeout_s
-        self._failures: list[str] = []
-        self._pending = 0
-        #: The batch the next messages belong to (pipelined at-least-once loop); its ticket
-        #: counts their deliveries instead of this publisher.
-        self._ticket: BatchTicket | None = None
-        # Produce and flush of one batch share one deadline, so a batch never takes longer
-        # than flush_timeout_s to publish however often the local queue fills up.
+        self.flush_timeout_s = flush_timeout_s
+        # Produce of one batch has one deadline, so a batch never takes longer than
+        # flush_timeout_s to publish however often the local queue fills up.
         self._deadline = time.monotonic() + flush_timeout_s
-        self.transactional = "transactional.id" in config
-        self._in_transaction = False
-        if self.transactional:
-            try:
-                self._producer.init_transactions(TXN_CALL_TIMEOUT_S)
-            except KafkaException as exc:
-                msg = f"cannot initialise transactions: {exc}"
-                raise FatalError(msg) from exc
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        self._pending -= 1
-        if error is not None:
-            self._failures.append(f"{message.topic()}: {error}")
+    @property
+    def producer(self) -> Producer:
+        """The underlying confluent-kafka producer."""
+        return self._producer
 
-    def track(self, ticket: BatchTicket | None) -> None:
-        """Count the deliveries of the messages produced from now on in ``ticket``
-        (``None``: count them here, for :meth:`flush`)."""
-        self._ticket = ticket
-        if ticket is not None:
-            self._deadline = time.monotonic() + self._flush_timeout_s
-
-    def begin(self) -> None:
-        """Start the batch (a transaction in exactly-once mode)."""
-        self._failures.clear()
-        self._deadline = time.monotonic() + self._flush_timeout_s
-        if self.transactional and not self._in_transaction:
-            try:
-                self._producer.begin_transaction()
-            except KafkaException as exc:
-                self._raise_transaction_error("begin_transaction", exc)
-            self._in_transaction = True
+    def start_batch(self) -> None:
+        """Start the deadline of the next batch's messages."""
+        self._deadline = time.monotonic() + self.flush_timeout_s
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[Header]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Header],
+        on_delivery: DeliveryCallback,
     ) -> None:
         """Queue one message; waits for room when librdkafka's queue is full.
 
         Raises:
-            PublishError: The queue stayed full until the batch's deadline.
+            PublishError: The queue stayed full until the batch's deadline, or the producer
+                refused the message.
         """
-        ticket = self._ticket
-        on_delivery = self._on_delivery if ticket is None else ticket.on_delivery
         while True:
             try:
                 self._producer.produce(
@@ -166,50 +140,73 @@ class ResultPublisher:
             except BufferError:
                 # Backpressure: serve delivery reports until the queue has room again.
                 if time.monotonic() > self._deadline:
-                    msg = f"producer queue stayed full for the batch's {self._flush_timeout_s}s"
+                    msg = f"producer queue stayed full for the batch's {self.flush_timeout_s}s"
                     raise PublishError(msg) from None
                 self._producer.poll(QUEUE_FULL_POLL_S)
                 continue
             except KafkaException as exc:
-                if self.transactional:
-                    self._raise_transaction_error("produce", exc)
-                msg = f"produce to {topic} failed: {exc}"
-                raise PublishError(msg) from exc
-            if ticket is None:
-                self._pending += 1
-            else:
-                ticket.produced()
+                self._on_produce_error(topic, exc)
             return
+
+    def _on_produce_error(self, topic: str, exc: KafkaException) -> NoReturn:
+        msg = f"produce to {topic} failed: {exc}"
+        raise PublishError(msg) from exc
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Serve delivery callbacks, waiting up to ``timeout_s`` for the first one."""
         self._producer.poll(timeout_s)
 
     def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for every queued message; the number still outstanding.
-
-        Delivery failures are reported where the messages are counted (a ticket, or the next
-        :meth:`flush`).
-        """
+        """Wait up to ``timeout_s`` for every queued message; the number still outstanding."""
         return int(self._producer.flush(timeout_s))
 
-    def flush(self) -> None:
-        """Wait until every queued message is acknowledged.
+    def close(self) -> None:
+        """Flush what is left (best effort) and release the producer."""
+        self._producer.flush(self.flush_timeout_s)
+
+
+class TransactionalPublisher(Publisher):
+    """A transactional producer: one transaction per batch holds its messages and offsets."""
+
+    def __init__(self, config: Mapping[str, Any], flush_timeout_s: float = 30.0) -> None:
+        """Create the producer; :meth:`init` registers its transactional id."""
+        if "transactional.id" not in config:
+            msg = "a transactional publisher needs transactional.id"
+            raise ValueError(msg)
+        super().__init__(config, flush_timeout_s)
+        self.in_transaction = False
+
+    def init(self) -> None:
+        """Initialise transactions (fences a previous instance with the same id).
 
         Raises:
-            PublishError: A delivery failed, or some were still outstanding at the deadline.
+            FatalError: The transactional producer could not be initialised.
         """
-        remaining = self._producer.flush(max(0.0, self._deadline - time.monotonic()))
-        if remaining or self._failures:
-            failures, self._failures = self._failures, []
-            msg = (
-                f"{len(failures)} deliveries failed, {remaining} not acknowledged within "
-                f"{self._flush_timeout_s}s: {failures[:5]}"
-            )
-            raise PublishError(msg)
+        try:
+            self._producer.init_transactions(TXN_CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            msg = f"cannot initialise transactions: {exc}"
+            raise FatalError(msg) from exc
+
+    def begin(self) -> None:
+        """Start the batch's transaction."""
+        self.start_batch()
+        if not self.in_transaction:
+            try:
+                self._producer.begin_transaction()
+            except KafkaException as exc:
+                self._raise_transaction_error("begin_transaction", exc)
+            self.in_transaction = True
+
+    def _on_produce_error(self, topic: str, exc: KafkaException) -> NoReturn:
+        self._raise_transaction_error("produce", exc)
+
+    def remaining_s(self) -> float:
+        """Time left before the batch's deadline."""
+        return max(0.0, self._deadline - time.monotonic())
 
     def commit_transaction(self, offsets: list[TopicPartition], consumer: Consumer) -> None:
-        """Send the batch's offsets and commit its transaction (exactly-once mode).
+        """Send the batch's offsets and commit its transaction.
 
         Raises:
             TransactionAbortedError: The transaction was aborted; rewind and replay the batch.
@@ -223,7 +220,7 @@ class ResultPublisher:
             self._commit_with_retries()
         except KafkaException as exc:
             self._raise_transaction_error("commit_transaction", exc)
-        self._in_transaction = False
+        self.in_transaction = False
 
     def _commit_with_retries(self) -> None:
         # A retriable commit error (e.g. a timeout) is retried as the Kafka docs prescribe, but
@@ -249,7 +246,7 @@ class ResultPublisher:
             self.abort()
             msg = f"{call}: transaction aborted: {error}"
             raise TransactionAbortedError(msg) from exc
-        self._in_transaction = False
+        self.in_transaction = False
         msg = f"{call}: fatal transactional error: {error}"
         if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
             msg += (
@@ -261,18 +258,17 @@ class ResultPublisher:
 
     def abort(self) -> None:
         """Abort the open transaction, if any; its messages are never visible to read_committed."""
-        if self.transactional and self._in_transaction:
+        if self.in_transaction:
             try:
                 self._producer.abort_transaction(TXN_CALL_TIMEOUT_S)
             except KafkaException as exc:
                 msg = f"abort_transaction failed: {exc}"
                 raise FatalError(msg) from exc
             finally:
-                self._in_transaction = False
-                self._failures.clear()
+                self.in_transaction = False
 
     def close(self) -> None:
-        """Flush what is left (best effort) and release the producer."""
-        if self._in_transaction:
+        """Abort an open transaction and release the producer."""
+        if self.in_transaction:
             self.abort()
-        self._producer.flush(self._flush_timeout_s)
+        super().close()
