@@ -38,7 +38,7 @@ from stream_scorer.delivery.publish import (
 )
 from stream_scorer.encode import AlertEncoder, EventFields
 from stream_scorer.errors import ConfigurationError
-from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
+from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
 from stream_scorer.model_set import load_model as load_model_folder
@@ -309,6 +309,9 @@ def build_runner(
     def on_kafka_error(error: KafkaError) -> None:
         runner.on_kafka_error(error)
 
+    def on_lag(topic: str, partition: int, lag: int) -> None:
+        runner.on_lag(topic, partition, lag)
+
     def on_complete(result: BatchResult) -> None:
         metrics.end_to_end_latency.observe_many(result.latencies_s)
         if on_batch is not None:
@@ -323,7 +326,7 @@ def build_runner(
             settings.batch.max_size,
             settings.batch.max_wait_ms / 1000.0,
             settings.batch.linger_ms / 1000.0,
-            on_lag=metrics.set_lag,
+            on_lag=on_lag,
         )
         delivery = ExactlyOnceDelivery(
             consumer,
@@ -339,7 +342,7 @@ def build_runner(
             settings.batch.max_size,
             settings.batch.max_wait_ms / 1000.0,
             settings.batch.linger_ms / 1000.0,
-            on_lag=metrics.set_lag,
+            on_lag=on_lag,
         )
         delivery = AtLeastOnceDelivery(
             consumer,
@@ -351,10 +354,18 @@ def build_runner(
             committer=committer,
         )
 
+    endpoint = settings.metrics
+    security = EndpointSecurity(
+        cert_file=None if endpoint.tls_cert_file is None else str(endpoint.tls_cert_file),
+        key_file=None if endpoint.tls_key_file is None else str(endpoint.tls_key_file),
+        username=endpoint.basic_auth_username,
+        password=endpoint.auth_password(),
+    )
+
     def start_metrics_server() -> MetricsServer | None:
-        if not settings.metrics.enabled:
+        if not endpoint.enabled:
             return None
-        return MetricsServer(settings.metrics.host, settings.metrics.port, registry, health)
+        return MetricsServer(endpoint.host, endpoint.port, registry, health, security)
 
     runner = Runner(
         consumer,
@@ -365,5 +376,6 @@ def build_runner(
         settings.metrics.summary_interval_s,
         start_metrics_server,
         stop,
+        settings.metrics.liveness_timeout_s,
     )
     return runner

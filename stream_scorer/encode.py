@@ -1,7 +1,8 @@
 """Stage 6: flagged results → alert messages (key, Avro value, lineage headers).
 
 In: :class:`Scored`. Out: the Kafka key, the alert (``schemas/alert.avsc``) framed in the
-configured wire format, and headers naming the source coordinates and the model. No side effects.
+configured wire format, and headers naming the source coordinates and the model, plus the
+event's W3C trace context (``traceparent``, ``tracestate``) when it has one. No side effects.
 
 Which input fields give the alert its ``event_id``, ``event_time`` and key is configuration, not
 code (:class:`EventFields`: the ``[alerts]`` settings, else the model card's ``event`` section).
@@ -29,6 +30,8 @@ __all__ = ["AlertEncoder", "EventFields", "OutgoingMessage", "event_time_ms", "p
 
 OutgoingMessage = tuple[bytes | None, bytes, list[Header]]
 
+#: Headers of the input event carried onto its alert (W3C trace context).
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 #: The Unix epoch, for events whose timestamp decoded to a datetime.
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -147,6 +150,8 @@ class AlertEncoder:
         fastavro.schemaless_writer(buffer, self._schema, self.alert_fields(scored))
         source = scored.source
         headers: list[Header] = [
+            # W3C trace context of the input event, so a trace follows it onto its alert.
+            *(h for h in source.headers if h[0] in TRACE_HEADERS),
             ("source.topic", source.topic.encode()),
             ("source.partition", str(source.partition).encode()),
             ("source.offset", str(source.offset).encode()),

@@ -9,20 +9,25 @@ it is a numpy-backed histogram fed one array per batch rather than one Python ca
 
 from __future__ import annotations
 
-import http.server
+import base64
+import hmac
+import socket
+import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import IO, Any, cast
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
+    make_wsgi_app,
 )
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -31,6 +36,7 @@ __all__ = [
     "LATENCY_BUCKETS_S",
     "STAGES",
     "ArrayHistogram",
+    "EndpointSecurity",
     "Health",
     "MetricsServer",
     "ScorerMetrics",
@@ -97,17 +103,27 @@ class ArrayHistogram(Collector):
 
 @dataclass
 class Health:
-    """Liveness and readiness, as the HTTP probes report them."""
+    """Liveness and readiness, as the HTTP probes report them.
+
+    Reasons are generic words (``consuming``, ``kafka unreachable``, ``batch stalled``), never
+    client error text: ``/readyz`` is reachable by anyone who can reach the port.
+    """
 
     live: bool = True
     ready: bool = False
     reason: str = "starting"
+    live_reason: str = "ok"
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_ready(self, ready: bool, reason: str) -> None:
         """Change readiness, with the reason shown by ``/readyz``."""
         with self.lock:
             self.ready, self.reason = ready, reason
+
+    def set_live(self, live: bool, reason: str) -> None:
+        """Change liveness, with the reason shown by ``/healthz`` (503 when not live)."""
+        with self.lock:
+            self.live, self.live_reason = live, reason
 
 
 class ScorerMetrics:
@@ -219,46 +235,181 @@ class ScorerMetrics:
         self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    registry: CollectorRegistry
-    health: Health
+#: Longest a connection may stay idle or dribble its request before it is dropped: a scrape
+#: is one short request, so a half-open or slow-loris connection must not hold a thread.
+CONNECTION_TIMEOUT_S = 5.0
+#: Most connections served at once; more are refused at once (Prometheus retries next scrape).
+MAX_CONNECTIONS = 16
+#: What the HTTP ``Server`` header says: no Python or library version for a scanner to match.
+SERVER_HEADER = "stream-scorer"
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            live = self.health.live
-            self._send(200 if live else 503, b"ok\n" if live else b"dead\n", "text/plain")
-        elif path == "/readyz":
-            with self.health.lock:
-                ready, reason = self.health.ready, self.health.reason
-            body = f"{'ready' if ready else 'not ready'}: {reason}\n".encode()
-            self._send(200 if ready else 503, body, "text/plain")
-        else:
-            self._send(404, b"not found\n", "text/plain")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class _BannerlessHandler(ServerHandler):
+    """wsgiref's response handler with our Server header instead of Python's version."""
+
+    server_software = SERVER_HEADER
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Per-connection timeout, no version banner, no access log lines."""
+
+    timeout = CONNECTION_TIMEOUT_S
+    server_version = SERVER_HEADER
+    sys_version = ""
+
+    def handle(self) -> None:
+        """One request, as wsgiref's handler does it, answered by :class:`_BannerlessHandler`."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:  # wsgiref's own request-line cap
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # an error response has been sent
+            return
+        handler = _BannerlessHandler(
+            self.rfile,
+            cast(IO[bytes], self.wfile),  # a socket file, as wsgiref passes it
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back-pointer
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]  # a WSGIServer
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence per-request access logs: scrapes every few seconds are noise."""
 
 
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, but at most :data:`MAX_CONNECTIONS` at once."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], ssl_context: ssl.SSLContext | None, limit: int
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        self._ssl_context = ssl_context
+        super().__init__(address, _QuietHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self._ssl_context is not None:
+            sock.settimeout(CONNECTION_TIMEOUT_S)  # the handshake is bounded like a request
+            sock = self._ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: refuse at once rather than queue
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                try:
+                    request.do_handshake()
+                except (OSError, ssl.SSLError):
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or times out is not an error worth a traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSecurity:
+    """Optional TLS and basic auth of the HTTP endpoint (``/metrics`` only: probes stay open)."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A server-side TLS context, or None for plain HTTP."""
+        if self.cert_file is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def _endpoint_app(
+    registry: CollectorRegistry, health: Health, security: EndpointSecurity
+) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app: prometheus-client's own exposition (content negotiation, gzip) on
+    ``/metrics``, behind basic auth when configured; ``/healthz`` and ``/readyz`` as probes."""
+    metrics_app = make_wsgi_app(registry)
+    expected = None
+    if security.username is not None:
+        token = f"{security.username}:{security.password or ''}".encode()
+        expected = b"Basic " + base64.b64encode(token)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            given = environ.get("HTTP_AUTHORIZATION", "").encode()
+            if expected is not None and not hmac.compare_digest(given, expected):
+                start_response(
+                    "401 Unauthorized",
+                    [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Basic realm="metrics"')],
+                )
+                return [b"unauthorized\n"]
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            with health.lock:
+                live, reason = health.live, health.live_reason
+            body = b"ok\n" if live else f"not live: {reason}\n".encode()
+            start_response("200 OK" if live else "503 Service Unavailable", _plain(body))
+            return [body]
+        if path == "/readyz":
+            with health.lock:
+                ready, reason = health.ready, health.reason
+            body = f"{'ready' if ready else 'not ready'}: {reason}\n".encode()
+            start_response("200 OK" if ready else "503 Service Unavailable", _plain(body))
+            return [body]
+        start_response("404 Not Found", _plain(b"not found\n"))
+        return [b"not found\n"]
+
+    return app
+
+
+def _plain(body: bytes) -> list[tuple[str, str]]:
+    return [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+
+
 class MetricsServer:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Health) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        health: Health,
+        security: EndpointSecurity | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         """Bind the socket (port 0 picks a free one) and start serving."""
-        handler = type("Handler", (_Handler,), {"registry": registry, "health": health})
-        self._server = http.server.ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        security = security or EndpointSecurity()
+        self._server = _BoundedServer((host, port), security.ssl_context(), max_connections)
+        self._server.set_app(_endpoint_app(registry, health, security))
         self.port: int = self._server.server_address[1]
         self.host = host
+        self.scheme = "https" if security.cert_file else "http"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )
@@ -268,7 +419,7 @@ class MetricsServer:
     def url(self) -> str:
         """Base URL of the endpoint."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def close(self) -> None:
         """Stop serving and release the port."""

@@ -72,6 +72,8 @@ class Runner:
         summary_interval_s: float = 10.0,
         start_metrics_server: Callable[[], MetricsServer | None] = lambda: None,
         stop: threading.Event | None = None,
+        liveness_timeout_s: float = 180.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Hold the collaborators; touches no Kafka yet.
 
@@ -85,6 +87,9 @@ class Runner:
             start_metrics_server: Starts the HTTP endpoint when :meth:`run` starts.
             stop: The event a signal handler installed before start-up sets: a stop requested
                 during start-up makes :meth:`run` leave at once, cleanly.
+            liveness_timeout_s: ``/healthz`` fails once one iteration has run this long, or no
+                batch has completed this long while the consumer reports lag.
+            clock: Monotonic clock of the watchdog (tests move it).
         """
         self.consumer = consumer
         self.pipeline = pipeline
@@ -98,8 +103,14 @@ class Runner:
         self.assigned = threading.Event()
         self.totals = Totals()
         self.metrics_server: MetricsServer | None = None
-        #: Monotonic time the loop last started an iteration (read by the stall watchdog).
-        self._iteration_at = time.monotonic()
+        self._liveness_timeout_s = liveness_timeout_s
+        self._clock = clock
+        #: Monotonic time the loop last started an iteration (read by the stall watchdog) ...
+        self._iteration_at = clock()
+        #: ... and last completed a batch (or started).
+        self._progress_at = self._iteration_at
+        #: Consumer lag per held partition, from librdkafka statistics.
+        self._lag: dict[tuple[str, int], int] = {}
 
     @property
     def models(self) -> LiveModels:
@@ -125,6 +136,12 @@ class Runner:
         self.metrics.rebalances.labels(kind="lost" if lost else "revoked").inc()
         for p in partitions:
             self.metrics.forget_lag(p.topic, p.partition)
+            self._lag.pop((p.topic, p.partition), None)
+
+    def on_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Consumer lag of one held partition (librdkafka statistics)."""
+        self._lag[(topic, partition)] = lag
+        self.metrics.set_lag(topic, partition, lag)
 
     def on_kafka_error(self, error: KafkaError) -> None:
         """librdkafka error callback of both clients: readiness follows reachability."""
@@ -177,7 +194,7 @@ class Runner:
         last = (0, time.monotonic())
         next_probe = 0.0
         while not self._stop.is_set():
-            self._iteration_at = time.monotonic()
+            self._iteration_at = self._clock()
             tick = time.perf_counter()
             batch = consumer.poll_batch()
             consume_s = time.perf_counter() - tick
@@ -217,16 +234,36 @@ class Runner:
         self.totals.flagged += result.flagged
         self.totals.dead_lettered += result.dead_lettered
         self.totals.batches += 1
+        self._progress_at = self._clock()
         if not self.health.ready:
             self._set_ready(True, "consuming")
 
     def _watch_stalls(self, finished: threading.Event) -> None:
-        """Mark the runner not ready while one loop iteration has run past LOOP_STALL_S."""
+        """Every second: readiness and liveness from the loop's progress."""
         while not finished.wait(1.0):
-            stalled_s = time.monotonic() - self._iteration_at
-            if stalled_s > LOOP_STALL_S and self.health.ready:
-                log.warning("loop_stalled", seconds=round(stalled_s, 1))
-                self._set_ready(False, "batch stalled")
+            self.check_progress()
+
+    def check_progress(self) -> None:
+        """Mark the runner not ready while one iteration has run past :data:`LOOP_STALL_S`,
+        and not live (``/healthz`` 503: restart me) once an iteration has run past the
+        liveness timeout, or no batch has completed that long while there is lag."""
+        now = self._clock()
+        stalled_s = now - self._iteration_at
+        if stalled_s > LOOP_STALL_S and self.health.ready:
+            log.warning("loop_stalled", seconds=round(stalled_s, 1))
+            self._set_ready(False, "batch stalled")
+        waiting = sum(self._lag.values()) > 0
+        if stalled_s > self._liveness_timeout_s:
+            reason = "loop stalled"
+        elif waiting and now - self._progress_at > self._liveness_timeout_s:
+            reason = "no progress while events wait"
+        else:
+            if not self.health.live:
+                self.health.set_live(True, "ok")
+            return
+        if self.health.live:
+            log.error("liveness_lost", reason=reason, seconds=round(stalled_s, 1))
+            self.health.set_live(False, reason)
 
     def _probe(self) -> None:
         try:

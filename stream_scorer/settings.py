@@ -259,16 +259,64 @@ class DeliverySettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """Prometheus endpoint and the periodic summary log line."""
+    """Prometheus endpoint, probes and the periodic summary log line."""
 
     enabled: bool = True
     """Serve ``/metrics``, ``/healthz`` and ``/readyz``."""
-    host: str = "0.0.0.0"  # noqa: S104 - a scrape target must be reachable from outside the pod
-    """Address the HTTP endpoint listens on."""
+    host: str = "127.0.0.1"
+    """Address the HTTP endpoint listens on. Loopback by default: set ``0.0.0.0`` (as the
+    container image and the Kubernetes manifests do) for a scrape from outside the host."""
     port: int = Field(default=9400, ge=0, le=65535)
     """Port of the HTTP endpoint; 0 picks a free one (logged at start-up)."""
     summary_interval_s: float = Field(default=10.0, gt=0)
     """Seconds between ``progress`` summary log lines."""
+    liveness_timeout_s: float = Field(default=180.0, gt=0)
+    """``/healthz`` fails (503) once one loop iteration has run this long, or no batch has
+    completed this long while the consumer reports lag: a stuck loop is restarted by the
+    orchestrator. Keep it above ``delivery.flush_timeout_s`` plus the commit allowance (60 s)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain: serve the endpoint over HTTPS."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+    basic_auth_username: str | None = None
+    """Require HTTP basic auth for ``/metrics`` (the probes stay open for the kubelet)."""
+    basic_auth_password: SecretStr | None = None
+    """Basic-auth password; prefer ``basic_auth_password_file``. Never logged."""
+    basic_auth_password_file: Path | None = None
+    """File whose content (stripped) is the basic-auth password."""
+
+    @model_validator(mode="after")
+    def _endpoint_options(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            msg = "metrics.tls_cert_file and metrics.tls_key_file go together; set both or none"
+            raise ValueError(msg)
+        if self.basic_auth_password is not None and self.basic_auth_password_file is not None:
+            msg = "metrics.basic_auth_password and metrics.basic_auth_password_file are exclusive"
+            raise ValueError(msg)
+        has_password = (self.basic_auth_password or self.basic_auth_password_file) is not None
+        if has_password and self.basic_auth_username is None:
+            msg = "metrics.basic_auth_username is required with a basic-auth password"
+            raise ValueError(msg)
+        return self
+
+    def auth_password(self) -> str | None:
+        """The basic-auth password from the setting or its file, or None.
+
+        Raises:
+            ConfigurationError: The password file cannot be read.
+        """
+        if self.basic_auth_password_file is not None:
+            try:
+                return self.basic_auth_password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                msg = (
+                    f"metrics.basic_auth_password_file: cannot read "
+                    f"{self.basic_auth_password_file}: {exc.strerror}"
+                )
+                raise ConfigurationError(msg) from exc
+        if self.basic_auth_password is not None:
+            return self.basic_auth_password.get_secret_value()
+        return None
 
 
 class LogSettings(_Section):

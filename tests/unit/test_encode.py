@@ -233,3 +233,22 @@ def test_event_fields_name_every_field_they_read() -> None:
     fields = EventFields("id", "ts", "id", ("plan", "ts"))
 
     assert fields.fields() == ("id", "ts", "plan")
+
+
+def test_trace_context_is_carried_onto_the_alert(
+    alert_schema: dict[str, Any], make_record: MakeRecord
+) -> None:
+    """An input event's traceparent and tracestate headers travel onto its alert; other input
+    headers do not."""
+    encoder = AlertEncoder(alert_schema, b"", "1.0", FRAUD)
+    parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    source = make_record(b"").__class__(
+        "transactions", 0, 1, b"k", b"", (("traceparent", parent), ("tracestate", b"a=1"),
+                                         ("secret", b"x")), 0,
+    )  # fmt: skip
+
+    _, _, headers = encoder.encode(_scored(source, {"transaction_id": "t"}))
+
+    assert ("traceparent", parent) in headers
+    assert ("tracestate", b"a=1") in headers
+    assert "secret" not in dict(headers)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import gzip
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from stream_scorer.metrics import (
+    CONNECTION_TIMEOUT_S,
     LATENCY_BUCKETS_S,
     STAGES,
     ArrayHistogram,
+    EndpointSecurity,
     Health,
     MetricsServer,
     ScorerMetrics,
@@ -188,15 +199,15 @@ def test_readyz_is_503_until_ready(served: tuple[MetricsServer, Health, ScorerMe
 
 
 def test_healthz_follows_liveness(served: tuple[MetricsServer, Health, ScorerMetrics]) -> None:
-    """/healthz is 200 while live and 503 once the process is marked dead."""
+    """/healthz is 200 while live and 503, with the reason, once the process is not live."""
     server, health, _ = served
 
     live = _get(f"{server.url}/healthz")
-    health.live = False
+    health.set_live(False, "loop stalled")
     dead = _get(f"{server.url}/healthz")
 
     assert (live[0], live[2]) == (200, "ok\n")
-    assert (dead[0], dead[2]) == (503, "dead\n")
+    assert (dead[0], dead[2]) == (503, "not live: loop stalled\n")
 
 
 def test_unknown_path_is_404(served: tuple[MetricsServer, Health, ScorerMetrics]) -> None:
@@ -214,3 +225,133 @@ def test_url_of_wildcard_host_points_at_loopback(registry: CollectorRegistry) ->
         assert _get(f"{server.url}/healthz")[0] == 200
     finally:
         server.close()
+
+
+def test_metrics_negotiates_openmetrics_and_gzip(
+    served: tuple[MetricsServer, Health, ScorerMetrics],
+) -> None:
+    """/metrics is prometheus-client's own exposition: OpenMetrics when asked for, gzip when
+    accepted, and no Python version in the Server header."""
+    server, _, metrics = served
+    metrics.batches.inc(2)
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        f"{server.url}/metrics",
+        headers={
+            "Accept": "application/openmetrics-text; version=1.0.0",
+            "Accept-Encoding": "gzip",
+        },
+    )
+
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+        body = gzip.decompress(response.read()).decode()
+        headers = response.headers
+
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert "stream_scorer_batches_total 2.0" in body
+    assert body.rstrip().endswith("# EOF")
+    assert headers["Server"].strip() == "stream-scorer"
+    assert "Python" not in headers["Server"]
+
+
+def test_idle_connections_are_dropped_and_bounded(registry: CollectorRegistry) -> None:
+    """A connection that sends nothing is closed after the connection timeout, and no more
+    than the connection limit are served at once: the rest are refused, not queued."""
+    server = MetricsServer("127.0.0.1", 0, registry, Health(), max_connections=2)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+    try:
+        # Both slots are held by idle connections: the next one is refused (closed at once).
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert extra.recv(1024) == b""
+        extra.close()
+        # The idle ones are dropped after CONNECTION_TIMEOUT_S (recv returns b"" on close).
+        started = time.monotonic()
+        for sock in idle:
+            assert sock.recv(1024) == b""
+        assert time.monotonic() - started <= CONNECTION_TIMEOUT_S + 5
+        # Slots are free again.
+        status = _get(f"{server.url}/healthz")[0]
+        assert status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()
+
+
+def test_basic_auth_guards_metrics_but_not_probes(registry: CollectorRegistry) -> None:
+    """With basic auth on, /metrics needs the credentials; /healthz and /readyz stay open."""
+    security = EndpointSecurity(username="prom", password="s3cret-metrics")  # noqa: S106
+    server = MetricsServer("127.0.0.1", 0, registry, Health(), security)
+    try:
+        assert _get(f"{server.url}/metrics")[0] == 401
+        token = base64.b64encode(b"prom:s3cret-metrics").decode()
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            f"{server.url}/metrics", headers={"Authorization": f"Basic {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            assert response.status == 200
+        wrong = base64.b64encode(b"prom:nope").decode()
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            f"{server.url}/metrics", headers={"Authorization": f"Basic {wrong}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)  # noqa: S310 - loopback
+        assert refused.value.code == 401
+        assert _get(f"{server.url}/healthz")[0] == 200
+    finally:
+        server.close()
+
+
+def test_tls_endpoint(registry: CollectorRegistry, tmp_path: Path) -> None:
+    """With a certificate and key, the endpoint serves HTTPS (and only HTTPS)."""
+    cert, key = _self_signed(tmp_path)
+    security = EndpointSecurity(cert_file=str(cert), key_file=str(key))
+    server = MetricsServer("127.0.0.1", 0, registry, Health(), security)
+    try:
+        assert server.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=5, context=context) as r:  # noqa: S310
+            assert r.status == 200
+        plain = server.url.replace("https://", "http://")
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"{plain}/healthz", timeout=5)  # noqa: S310 - loopback
+    finally:
+        server.close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file

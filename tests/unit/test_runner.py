@@ -105,7 +105,9 @@ def records(n: int, partition: int = 0) -> list[SourceRecord]:
 
 
 def make_runner(
-    batches: list[list[SourceRecord]], fail_on_submit: bool = False
+    batches: list[list[SourceRecord]],
+    fail_on_submit: bool = False,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[Runner, list[str], FakeConsumer, CollectorRegistry]:
     """A runner over fakes that stops itself once the scripted batches are consumed."""
     calls: list[str] = []
@@ -120,6 +122,8 @@ def make_runner(
         ScorerMetrics(registry),
         Health(),
         stop=stop,
+        liveness_timeout_s=60.0,
+        **({"clock": clock} if clock is not None else {}),
     )
     return runner, calls, consumer, registry
 
@@ -196,3 +200,51 @@ def test_unreachable_cluster_marks_not_ready_without_broker_details(code: int, r
 
     assert runner.health.ready is ready
     assert "127.0.0.1" not in runner.health.reason
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        """Start at 100 s."""
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        """The current time."""
+        return self.now
+
+
+def test_liveness_fails_on_a_stalled_iteration_and_recovers() -> None:
+    """An iteration running past the liveness timeout makes /healthz fail; progress heals it."""
+    clock = Clock()
+    runner, _, _, _ = make_runner([], clock=clock)
+    runner.health.set_ready(True, "consuming")
+
+    clock.now += 30.0
+    runner.check_progress()
+    assert runner.health.live and not runner.health.ready  # past LOOP_STALL_S: not ready only
+    clock.now += 31.0
+    runner.check_progress()
+    assert not runner.health.live
+    assert runner.health.live_reason == "loop stalled"
+
+    runner._iteration_at = clock.now
+    runner.check_progress()
+    assert runner.health.live
+
+
+def test_liveness_fails_when_events_wait_and_no_batch_completes() -> None:
+    """With lag reported and no batch completed for the liveness timeout, /healthz fails;
+    without lag an idle loop stays live however long it waits."""
+    clock = Clock()
+    runner, _, _, _ = make_runner([], clock=clock)
+
+    clock.now += 120.0
+    runner._iteration_at = clock.now
+    runner.check_progress()
+    assert runner.health.live
+
+    runner.on_lag("in", 0, 500)
+    runner.check_progress()
+    assert not runner.health.live
+    assert runner.health.live_reason == "no progress while events wait"
