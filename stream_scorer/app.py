@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_scorer import __version__
 from stream_scorer.consume import BatchConsumer, consumer_config, max_poll_interval_s
+from stream_scorer.dead_letter import DeadLetterWriter
 from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, fingerprint, frame_body
 from stream_scorer.delivery import Delivery
 from stream_scorer.delivery.at_least_once import AtLeastOnceDelivery
@@ -43,6 +44,7 @@ from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
 from stream_scorer.model_set import load_model as load_model_folder
 from stream_scorer.pipeline import Pipeline
+from stream_scorer.privacy import PayloadCipher, PrivacyPolicy, Pseudonymiser, decode_key
 from stream_scorer.records import BatchResult
 from stream_scorer.registry import RegistryError, SchemaRegistryClient
 from stream_scorer.runner import Runner
@@ -53,6 +55,7 @@ __all__ = [
     "build_alert_encoder",
     "build_decoder",
     "build_models",
+    "build_privacy",
     "build_registry",
     "build_runner",
     "check_batch_time_bounds",
@@ -160,6 +163,7 @@ def build_alert_encoder(
     settings: Settings,
     registry: SchemaRegistryClient | None,
     fields: EventFields | None = None,
+    privacy: PrivacyPolicy | None = None,
 ) -> AlertEncoder:
     """The alert encoder, framing alerts in the same wire format as the input.
 
@@ -182,7 +186,31 @@ def build_alert_encoder(
     elif settings.schema_.wire_format == "single-object":
         header = frame_body("single-object", b"", schema=schema)
         log.debug("alert_schema_fingerprint", fingerprint=f"{fingerprint(schema):016x}")
-    return AlertEncoder(schema, header, __version__, fields)
+    return AlertEncoder(schema, header, __version__, fields, privacy)
+
+
+def build_privacy(settings: Settings) -> tuple[PrivacyPolicy, PayloadCipher | None]:
+    """The privacy policy and, when dead-letter payloads are encrypted, the cipher.
+
+    Raises:
+        ConfigurationError: A key is missing, unreadable or malformed (never shown).
+    """
+    privacy = settings.privacy
+    text = privacy.secret("pseudonymise_key")
+    pseudonymiser = (
+        None
+        if text is None
+        else Pseudonymiser(decode_key(text, "privacy.pseudonymise_key", length=None))
+    )
+    policy = PrivacyPolicy(privacy.key, dict(privacy.fields), pseudonymiser)
+    cipher = None
+    if privacy.dead_letter_payload == "encrypt":
+        key = privacy.secret("dead_letter_key")
+        assert key is not None  # noqa: S101 - the settings validator requires one
+        cipher = PayloadCipher(
+            decode_key(key, "privacy.dead_letter_key"), privacy.dead_letter_key_id
+        )
+    return policy, cipher
 
 
 def check_batch_time_bounds(
@@ -256,6 +284,7 @@ def build_runner(
     models = build_models(settings, reader)
     champion = models.champion
     fields = event_fields(settings, champion.card, reader)
+    privacy, cipher = build_privacy(settings)
     metrics.init_labels(settings.topics.input, champion.name, champion.version)
     metrics.set_model(
         champion.name, champion.version, champion.card.sha256 or "", champion.card.input_layout
@@ -281,7 +310,7 @@ def build_runner(
     # 2. The registry (the alert schema is registered now), decoder, encoder, pipeline.
     schema_registry = build_registry(settings)
     decoder = build_decoder(settings, reader, schema_registry)
-    encoder = build_alert_encoder(settings, schema_registry, fields)
+    encoder = build_alert_encoder(settings, schema_registry, fields, privacy)
     live = LiveModels(models)
     pipeline = Pipeline(
         decoder,
@@ -291,6 +320,7 @@ def build_runner(
         settings.topics.dead_letter,
         __version__,
         metrics,
+        dead_letters=DeadLetterWriter(__version__, privacy, cipher),
     )
     log.info(
         "connecting",

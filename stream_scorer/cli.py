@@ -39,6 +39,19 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"not an integer: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-scorer",
@@ -75,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
         "--output", "-o", type=Path, default=None,
         help=".avro or .jsonl file (default: JSON lines on stdout)",
     )  # fmt: skip
+
+    dead_letters = sub.add_parser("dead-letters", help="dead-letter topic commands")
+    dead_sub = dead_letters.add_subparsers(dest="dead_letters_command", required=True)
+    replay = dead_sub.add_parser(
+        "replay",
+        help="re-inject dead letters (decrypted when encrypted) into the input topic after a fix",
+    )
+    _add_config(replay)
+    replay.add_argument("--to", default=None, help="topic to replay into (default: topics.input)")
+    replay.add_argument(
+        "--limit", type=_positive_int, default=None, help="most dead letters to replay"
+    )
 
     demo = sub.add_parser("demo", help="run producer, broker and scorer on this machine")
     demo.add_argument("--config", type=Path)
@@ -169,6 +194,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         log.info("scored_file", **counts)
         return EXIT_OK
+    if command == "dead-letters":
+        from stream_scorer.app import build_privacy  # noqa: PLC0415
+        from stream_scorer.dlq_replay import replay_dead_letters  # noqa: PLC0415
+
+        _, cipher = build_privacy(settings)
+        replay = replay_dead_letters(
+            settings.kafka.client_config(),
+            settings.topics.dead_letter,
+            args.to or settings.topics.input,
+            {} if cipher is None else {cipher.key_id: cipher},
+            args.limit,
+        )
+        sys.stdout.write(
+            f"replayed {replay.replayed} of {replay.read} dead letters from "
+            f"{settings.topics.dead_letter} to {args.to or settings.topics.input}"
+            f"{f'; {replay.refused} not decryptable, left in place' if replay.refused else ''}\n"
+        )
+        return EXIT_FATAL if replay.refused else EXIT_OK
     msg = f"unknown command {command}"
     raise AssertionError(msg)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import fastavro
 
+from stream_scorer.privacy import PrivacyPolicy
 from stream_scorer.records import Header, Scored, SourceRecord
 
 __all__ = ["AlertEncoder", "EventFields", "OutgoingMessage", "event_time_ms", "projected_value"]
@@ -98,6 +99,7 @@ class AlertEncoder:
         header: bytes,
         scorer_version: str,
         fields: EventFields | None = None,
+        privacy: PrivacyPolicy | None = None,
     ) -> None:
         """Parse the alert schema once.
 
@@ -107,18 +109,20 @@ class AlertEncoder:
                 or empty for plain Avro).
             scorer_version: Written to every alert's ``scorer.version`` header.
             fields: Which input fields give id, time, key and projection.
+            privacy: What may leave of the key and the projected fields.
         """
         self._schema = fastavro.parse_schema(dict(alert_schema))
         self._header = header
         self._version = scorer_version.encode()
         self.fields = fields or EventFields()
+        self._privacy = privacy or PrivacyPolicy()
         names = {f["name"] for f in alert_schema.get("fields", [])}
         self._has_projection = "projection" in names
 
     def alert_fields(self, scored: Scored) -> dict[str, Any]:
         """The alert record for one flagged event, as a dict matching alert.avsc."""
         source, event, fields = scored.source, scored.event, self.fields
-        key = fields.key(event, source)
+        key = self._key(scored)
         record: dict[str, Any] = {
             "event_id": fields.event_id(event, source),
             "key": key.decode("utf-8", errors="replace") if key is not None else None,
@@ -137,7 +141,9 @@ class AlertEncoder:
         }
         if self._has_projection:
             record["projection"] = (
-                {name: projected_value(event.get(name)) for name in fields.projection}
+                self._privacy.apply_fields(
+                    {name: projected_value(event.get(name)) for name in fields.projection}
+                )
                 if fields.projection
                 else None
             )
@@ -159,7 +165,11 @@ class AlertEncoder:
             ("model.version", scored.model_version.encode()),
             ("scorer.version", self._version),
         ]
-        return self.fields.key(scored.event, source), buffer.getvalue(), headers
+        return self._key(scored), buffer.getvalue(), headers
+
+    def _key(self, scored: Scored) -> bytes | None:
+        """The alert's key: the configured key field or the source key, through the policy."""
+        return self._privacy.apply_key(self.fields.key(scored.event, scored.source))
 
     def encode_all(self, alerts: Sequence[Scored]) -> list[OutgoingMessage]:
         """Encode a batch's alerts, in order."""

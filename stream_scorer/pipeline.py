@@ -32,7 +32,7 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from stream_scorer.dead_letter import dead_letter_message
+from stream_scorer.dead_letter import DeadLetterWriter
 from stream_scorer.decode import Decoder
 from stream_scorer.encode import AlertEncoder
 from stream_scorer.errors import ModelError
@@ -173,14 +173,16 @@ class Pipeline:
         scorer_version: str,
         metrics: ScorerMetrics | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        dead_letters: DeadLetterWriter | None = None,
     ) -> None:
-        """Wire the stages together."""
+        """Wire the stages together (``dead_letters`` carries the privacy policy and the
+        payload cipher; plain dead letters when not given)."""
         self._decoder = decoder
         self.models = models
         self._encoder = encoder
         self._alert_topic = alert_topic
         self._dead_letter_topic = dead_letter_topic
-        self._scorer_version = scorer_version
+        self._dead_letters = dead_letters or DeadLetterWriter(scorer_version)
         self._metrics = metrics
         self._clock_ms = clock_ms
 
@@ -227,7 +229,7 @@ class Pipeline:
             for key, value, headers in self._encoder.encode_all(alerts)
         ]
         for reject in rejected:
-            key, value, headers = dead_letter_message(reject, self._scorer_version)
+            key, value, headers = self._dead_letters.message(reject)
             messages.append((self._dead_letter_topic, key, value, headers))
         stage_s["encode"] = time.perf_counter() - tick
 

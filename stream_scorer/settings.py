@@ -45,6 +45,7 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "ModelSettings",
+    "PrivacySettings",
     "SchemaSettings",
     "Settings",
     "TopicSettings",
@@ -319,6 +320,65 @@ class MetricsSettings(_Section):
         return None
 
 
+FieldAction = Literal["keep", "pseudonymise", "redact", "drop"]
+
+
+class PrivacySettings(_Section):
+    """What leaves the scorer of personal data: per field, and dead-letter payloads."""
+
+    key: FieldAction = "keep"
+    """Action on the Kafka key of alerts and dead letters (the card id for the shipped fraud
+    model): ``keep``, ``pseudonymise`` (keyed HMAC-SHA256: equal keys stay equal, so
+    partitioning and per-entity order hold), ``redact`` or ``drop`` (a null key)."""
+    fields: dict[str, FieldAction] = Field(default_factory=dict)
+    """Actions by input field (projected onto alerts) and by header name (headers a dead
+    letter copies from its input record); unnamed ones are kept."""
+    pseudonymise_key: SecretStr | None = None
+    """HMAC key, hex, at least 32 bytes; prefer ``pseudonymise_key_file`` or the environment.
+    Never logged."""
+    pseudonymise_key_file: Path | None = None
+    """File holding the HMAC key (hex)."""
+    dead_letter_payload: Literal["keep", "encrypt"] = "keep"
+    """``keep``: dead letters hold the original value bytes (personal data: protect the topic).
+    ``encrypt``: AES-256-GCM under ``dead_letter_key``, key id in a header;
+    ``stream-scorer dead-letters replay`` decrypts and re-injects them."""
+    dead_letter_key: SecretStr | None = None
+    """AES-256 key, 64 hex digits; prefer ``dead_letter_key_file`` or the environment."""
+    dead_letter_key_file: Path | None = None
+    """File holding the AES-256 key (64 hex digits)."""
+    dead_letter_key_id: str = "1"
+    """Names the key in each encrypted dead letter, so keys can be rotated."""
+
+    @model_validator(mode="after")
+    def _key_sources(self) -> Self:
+        for name in ("pseudonymise_key", "dead_letter_key"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                msg = f"privacy.{name} and privacy.{name}_file are exclusive; set one"
+                raise ValueError(msg)
+        if self.dead_letter_payload == "encrypt" and (
+            self.dead_letter_key is None and self.dead_letter_key_file is None
+        ):
+            msg = "privacy.dead_letter_payload = 'encrypt' needs dead_letter_key_file or the key"
+            raise ValueError(msg)
+        return self
+
+    def secret(self, name: Literal["pseudonymise_key", "dead_letter_key"]) -> str | None:
+        """A key's text from its setting or its file, or None.
+
+        Raises:
+            ConfigurationError: The key file cannot be read (the message never shows a key).
+        """
+        path: Path | None = getattr(self, f"{name}_file")
+        if path is not None:
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                msg = f"privacy.{name}_file: cannot read {path}: {exc.strerror}"
+                raise ConfigurationError(msg) from exc
+        value: SecretStr | None = getattr(self, name)
+        return None if value is None else value.get_secret_value()
+
+
 class LogSettings(_Section):
     """structlog output."""
 
@@ -355,6 +415,8 @@ class Settings(BaseSettings):
     """Model folder and runtime options."""
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     """Event id, time, key and projected fields of alerts."""
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    """Pseudonymise, redact or drop personal fields; encrypt dead-letter payloads."""
     batch: BatchSettings = Field(default_factory=BatchSettings)
     """Micro-batch size and wait."""
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
