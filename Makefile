@@ -21,7 +21,7 @@ help:
 	@echo "make test-integration  integration tests only (starts the repo's broker)"
 	@echo "make test-fast         everything except tests marked slow"
 	@echo "make lint typecheck format   ruff and mypy"
-	@echo "make model             retrain models/fraud/1 from the seeded generator"
+	@echo "make model             retrain models/fraud/1 and models/churn/1 from the seeded generators"
 	@echo "make broker            run the repo's single-node Kafka broker in the foreground"
 	@echo "make bench             benchmarks (bench/README.md)"
 
@@ -71,6 +71,7 @@ check: lint typecheck
 
 model: venv-train
 	$(PY) models/train_fraud.py
+	$(PY) models/train_churn.py
 	$(PY) tests/data/make_test_models.py
 
 broker: venv broker-fetch

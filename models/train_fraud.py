@@ -111,6 +111,10 @@ FEATURES: Final = (
 )
 
 
+# The card's event identity: the alert's event id and event time come from these fields.
+EVENT: Final = {"id_field": "transaction_id", "time_field": "event_time"}
+
+
 def to_columns(events: list[dict[str, Any]]) -> dict[str, NDArray[Any]]:
     """Gather the model's fields from events into one ``(n, 1)`` array per ONNX input.
 
@@ -430,6 +434,8 @@ def main() -> None:
             for name, kind in FEATURES
         ],
         "output": {"name": "probabilities", "positive_class_index": 1},
+        # Which fields identify an event in alerts; the Kafka key (card id) is the key.
+        "event": EVENT,
         "threshold": threshold,
         "training": {
             "script": "models/train_fraud.py",

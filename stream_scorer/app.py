@@ -141,10 +141,9 @@ def event_fields(settings: Settings, card: ModelCard, reader: Mapping[str, Any])
     """
     alerts = settings.alerts
     chosen = {
-        "alerts.event_id_field": alerts.event_id_field or getattr(card, "event_id_field", None),
-        "alerts.event_time_field": alerts.event_time_field
-        or getattr(card, "event_time_field", None),
-        "alerts.key_field": alerts.key_field or getattr(card, "key_field", None),
+        "alerts.event_id_field": alerts.event_id_field or card.event_id_field,
+        "alerts.event_time_field": alerts.event_time_field or card.event_time_field,
+        "alerts.key_field": alerts.key_field or card.key_field,
     }
     names = {f["name"] for f in reader.get("fields", [])}
     for key, name in [*chosen.items(), *(("alerts.projection", p) for p in alerts.projection)]:

@@ -135,8 +135,7 @@ def _check(settings: Settings) -> int:
     model = load_model(settings, reader)
     card = model.card
     fields = event_fields(settings, card, reader)
-    policies = getattr(card, "null_policies", None)
-    nulls = policies() if callable(policies) else {b.input: b.missing for b in card.bindings}
+    nulls = card.null_policies()
     sys.stdout.write(
         f"ok: config valid; reader schema {reader.get('name')}; model {card.name}/"
         f"{card.version} binds {len(card.bindings)} fields "

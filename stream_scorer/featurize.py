@@ -2,9 +2,19 @@
 
 In: a :class:`DecodedBatch` whose columns are the fields the model card binds. Out: one numpy
 array per ONNX input (``[N, 1]`` per field for ``per_field`` models, ``[N, F]`` for ``tensor``
-models), the batch rows they hold, and :class:`Rejected` for events the model cannot take: a
-null or NaN where the model card says ``missing: reject``. A null where the card says
-``missing: nan`` is passed as NaN for the graph's own imputer. Nothing is ever filled silently.
+models), the batch rows they hold, and :class:`Rejected` for events the model cannot take.
+
+Nulls follow the card's policy per input (one small function, :func:`FeatureBuilder._column`):
+
+========================  =================  ==================  ============================
+policy                    null               NaN / ±inf (float)  typical use
+========================  =================  ==================  ============================
+``reject`` (default)      rejected           rejected            a field that is never null
+``nan`` (float only)      NaN                NaN                 the graph's own imputer
+``{"fill": VALUE}``       ``VALUE``          rejected            a fill the training applied
+========================  =================  ==================  ============================
+
+Only a null is ever filled, and only where the card says so: nothing is filled silently.
 Whole-array numpy work only: no per-event Python on numeric fields. No side effects.
 """
 
@@ -30,6 +40,8 @@ NUMPY_DTYPES: dict[str, Any] = {
     "int64": np.int64,
     "string": object,
 }
+#: Card dtypes without NaN: a null there can only be rejected or filled.
+_NO_NAN = frozenset({"string", "int64"})
 
 
 class FeatureBuilder:
@@ -48,35 +60,38 @@ class FeatureBuilder:
     def _column(
         column: FieldColumn, binding: FieldBinding, bad: NDArray[np.bool_], reasons: list[Any]
     ) -> NDArray[Any]:
-        null = column.null
+        # The null mask, or None when this batch has no null in the column.
+        null = column.null if column.null is not None and column.null.any() else None
+        fill = binding.fill
+        # A null is rejected unless the card fills it or passes it as NaN to a float input
+        # (the card refuses missing 'nan' for string and int64 inputs when it loads).
+        passes_nan = binding.missing == "nan" and binding.dtype not in _NO_NAN
+        if null is not None and fill is None and not passes_nan:
+            _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
+                  f"{binding.input!r}")  # fmt: skip
         if binding.dtype == "string":
             values = column.to_objects()
-            if null is not None and null.any():
-                _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
-                      f"{binding.input!r}")  # fmt: skip
+            if null is not None:
                 values = values.copy()  # the column may hand out its own array
-                values[null] = ""
+                values[null] = "" if fill is None else fill  # "" only in rows rejected above
             return values
+        number = None if isinstance(fill, str) else fill  # a string fill is refused for numbers
         if binding.dtype == "int64":
             # Not through float64: longs above 2**53 must stay exact.
-            if null is not None and null.any():
-                _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
-                      f"{binding.input!r}")  # fmt: skip
-            return column.to_numpy(np.int64, fill=0)
-        values = column.to_numpy(NUMPY_DTYPES[binding.dtype])
-        if binding.missing == "reject":
-            if null is not None and null.any():
-                _mark(bad, reasons, null, f"field {binding.field!r} is null; model input "
-                      f"{binding.input!r}")  # fmt: skip
-            # NaN and ±inf, including a double too large for a float32 input: the model was
-            # never trained on either, so its score would mean nothing.
-            nonfinite = ~np.isfinite(values)
-            if null is not None:
-                nonfinite &= ~null
-            if nonfinite.any():
-                _mark(bad, reasons, nonfinite, f"field {binding.field!r} is not finite "
-                      f"(NaN or infinite as {binding.dtype}); model input "
-                      f"{binding.input!r}")  # fmt: skip
+            return column.to_numpy(np.int64, fill=0 if number is None else number)
+        values = column.to_numpy(NUMPY_DTYPES[binding.dtype], fill=number)
+        if binding.missing == "nan":
+            return values
+        # NaN and ±inf, including a double too large for a float32 input: the model was never
+        # trained on either, so its score would mean nothing. A fill replaces nulls only, so
+        # a NaN in a filled input is rejected as well.
+        nonfinite = ~np.isfinite(values)
+        if null is not None and fill is None:
+            nonfinite &= ~null  # already rejected as null, with that reason
+        if nonfinite.any():
+            _mark(bad, reasons, nonfinite, f"field {binding.field!r} is not finite "
+                  f"(NaN or infinite as {binding.dtype}); model input "
+                  f"{binding.input!r}")  # fmt: skip
         return values
 
     def build_batch_inputs(

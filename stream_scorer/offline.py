@@ -69,7 +69,7 @@ def score_events(
     is the model card's ``event.id_field``, if any.
     """
     if fields is None:
-        fields = EventFields(id_field=getattr(model.card, "event_id_field", None))
+        fields = EventFields(id_field=model.card.event_id_field)
     index = 0
     for chunk in _batches(events, batch_size):
         wrapped = [

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stream_scorer.consume import MessageBatch
 from stream_scorer.featurize import FeatureBuilder
 from stream_scorer.model_card import ModelCard
 from stream_scorer.records import Event, SourceRecord
@@ -301,3 +302,132 @@ def test_int64_inputs_keep_large_longs_exact(
     inputs, _, _ = FeatureBuilder(card).build_inputs([event])
 
     assert inputs["big"].tolist() == [[2**53 + 1]]
+
+
+#: Marks a table row whose event must be rejected (with that reason), not fed.
+REJECT_NULL = "rejected: is null"
+REJECT_NONFINITE = "rejected: is not finite"
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "missing", "value", "expected"),
+    [
+        ("float32", "reject", None, REJECT_NULL),
+        ("float32", "reject", NAN, REJECT_NONFINITE),
+        ("float32", "reject", 2.5, 2.5),
+        ("float32", "nan", None, NAN),
+        ("float32", "nan", NAN, NAN),
+        ("float32", "nan", 2.5, 2.5),
+        ("float32", {"fill": 0}, None, 0.0),
+        ("float32", {"fill": 0}, NAN, REJECT_NONFINITE),
+        ("float32", {"fill": 0}, float("inf"), REJECT_NONFINITE),
+        ("float32", {"fill": 0}, 2.5, 2.5),
+        ("float64", {"fill": -1.5}, None, -1.5),
+        ("float64", {"fill": True}, None, 1.0),
+        ("float64", {"fill": -1.5}, 7, 7.0),
+        ("int64", "reject", None, REJECT_NULL),
+        ("int64", {"fill": -1}, None, -1),
+        ("int64", {"fill": 3.0}, None, 3),
+        ("int64", {"fill": -1}, 2**53 + 1, 2**53 + 1),
+        ("string", "reject", None, REJECT_NULL),
+        ("string", {"fill": "none"}, None, "none"),
+        ("string", {"fill": "none"}, "POS", "POS"),
+        ("string", {"fill": ""}, None, ""),
+    ],
+    ids=repr,
+)
+def test_null_policy_table(
+    dtype: str,
+    missing: Any,
+    value: Any,
+    expected: Any,
+    write_card: WriteCard,
+    make_record: MakeRecord,
+) -> None:
+    """Per dtype and policy: a null is rejected, NaN or filled; only nulls are ever filled."""
+    card = ModelCard.load(
+        write_card(
+            {"name": "p", "version": "1", "threshold": 0.5,
+             "inputs": [{"name": "x", "dtype": dtype, "missing": missing}]}
+        )
+    )  # fmt: skip
+    plain = "POS" if dtype == "string" else 1
+    events = [Event(make_record(b"", offset=i), {"x": v}) for i, v in enumerate([value, plain])]
+
+    inputs, kept, rejected = FeatureBuilder(card).build_inputs(events)
+
+    column = inputs["x"][:, 0].tolist()
+    if isinstance(expected, str) and expected.startswith("rejected: "):
+        assert [r.source.offset for r in rejected] == [0]
+        assert f"field 'x' {expected.removeprefix('rejected: ')}" in rejected[0].message
+        assert [e.source.offset for e in kept] == [1]
+        assert column == [plain]
+        return
+    assert rejected == []
+    assert [e.source.offset for e in kept] == [0, 1]
+    assert column[1] == plain
+    if isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(column[0])
+    else:
+        assert column[0] == expected
+        assert type(column[0]) is type(expected)
+
+
+def test_fills_apply_to_columnar_decoder_columns(
+    write_card: WriteCard,
+    reader_schema: dict[str, Any],
+    make_record: MakeRecord,
+    make_transaction: MakeTransaction,
+    avro_bytes: Callable[..., bytes],
+) -> None:
+    """Fills work on the service decoder's own columns (strings, longs, doubles), as offline."""
+    from stream_scorer.decode import ColumnarAvroDecoder  # noqa: PLC0415 - only this test
+
+    card = ModelCard.load(
+        write_card(
+            {"name": "p", "version": "1", "threshold": 0.5, "inputs": [
+                {"name": "device_id", "dtype": "string", "missing": {"fill": "none"}},
+                {"name": "seconds_since_last_txn", "dtype": "int64", "missing": {"fill": -1}},
+                {"name": "distance_from_home_km", "dtype": "float32", "missing": {"fill": 0}},
+            ]}
+        )
+    )  # fmt: skip
+    builder = FeatureBuilder(card)
+    rows = [
+        make_transaction(device_id=None, seconds_since_last_txn=None, distance_from_home_km=None),
+        make_transaction(device_id="d-1", seconds_since_last_txn=60, distance_from_home_km=2.5),
+    ]
+    records = [make_record(avro_bytes(reader_schema, r), offset=i) for i, r in enumerate(rows)]
+    decoder = ColumnarAvroDecoder(reader_schema, "plain")
+
+    streamed, kept, rejected = builder.build_batch_inputs(
+        decoder.decode(MessageBatch.from_records(records), builder.fields)
+    )
+    offline, _, _ = builder.build_inputs(
+        [Event(rec, r) for rec, r in zip(records, rows, strict=True)]
+    )
+
+    assert rejected == []
+    assert kept.tolist() == [0, 1]
+    assert streamed["device_id"][:, 0].tolist() == ["none", "d-1"]
+    assert streamed["seconds_since_last_txn"][:, 0].tolist() == [-1, 60]
+    assert streamed["distance_from_home_km"][:, 0].tolist() == [0.0, 2.5]
+    for name, array in streamed.items():
+        assert array.dtype == offline[name].dtype, name
+        assert array.tolist() == offline[name].tolist(), name
+
+
+def test_tensor_layout_fills_a_column(write_card: WriteCard, make_record: MakeRecord) -> None:
+    """A tensor column with a fill policy takes its value for nulls; other columns keep NaN."""
+    policies = {"distance_from_home_km": "nan", "txn_count_1h": {"fill": 9}}
+    card = ModelCard.load(write_card({**TENSOR_CARD, "feature_missing": policies}, "tensor-fill"))
+    fields = {"amount": 1.0, "txn_count_1h": None, "distance_from_home_km": None,
+              "is_new_device": True}  # fmt: skip
+
+    inputs, kept, rejected = FeatureBuilder(card).build_inputs([Event(make_record(b""), fields)])
+
+    assert (len(kept), rejected) == (1, [])
+    row = inputs["features"][0]
+    assert row[[0, 1, 3]].tolist() == [1.0, 9.0, 1.0]
+    assert math.isnan(row[2])
