@@ -18,12 +18,12 @@ import structlog
 from stream_scorer import __version__
 from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, fingerprint, frame_body
 from stream_scorer.encode import AlertEncoder
-from stream_scorer.errors import ConfigurationError
+from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.featurize import FeatureBuilder, ModelInputs
 from stream_scorer.model_card import ModelCard, bind_to_schema, field_kind
 from stream_scorer.pipeline import LoadedModel
 from stream_scorer.records import Event, SourceRecord
-from stream_scorer.registry import RegistryError, SchemaRegistryClient
+from stream_scorer.registry import RegistryError, RegistryUnavailableError, SchemaRegistryClient
 from stream_scorer.score import OnnxScorer
 from stream_scorer.settings import Settings
 
@@ -60,14 +60,10 @@ def load_schema(path: Path, key: str) -> dict[str, Any]:
 
 
 def build_registry(settings: Settings) -> SchemaRegistryClient | None:
-    """The registry client when the wire format needs one."""
-    schema = settings.schema_
-    if schema.wire_format != "confluent" or schema.registry_url is None:
+    """The registry client when the wire format needs one (no network call is made)."""
+    if settings.schema_.wire_format != "confluent":
         return None
-    password = schema.registry_password.get_secret_value() if schema.registry_password else None
-    return SchemaRegistryClient(
-        schema.registry_url, schema.registry_username, password, schema.registry_timeout_s
-    )
+    return SchemaRegistryClient.from_settings(settings.schema_)
 
 
 def build_decoder(
@@ -132,7 +128,8 @@ def build_alert_encoder(settings: Settings, registry: SchemaRegistryClient | Non
     """The alert encoder, framing alerts in the same wire format as the input.
 
     Raises:
-        ConfigurationError: The alert schema cannot be read or registered.
+        ConfigurationError: The alert schema cannot be read, or the registry refused it.
+        FatalError: The registry is unavailable after its retries.
     """
     schema = load_schema(settings.schema_.alert, "schema.alert")
     header = b""
@@ -142,9 +139,11 @@ def build_alert_encoder(settings: Settings, registry: SchemaRegistryClient | Non
             raise ConfigurationError(msg)
         subject = settings.schema_.alert_subject or f"{settings.topics.alerts}-value"
         try:
-            schema_id = registry.register(subject, schema)
+            schema_id = registry.alert_schema_id(subject, schema, settings.schema_.auto_register)
+        except RegistryUnavailableError as exc:
+            raise FatalError(str(exc)) from exc  # an outage, not a configuration problem
         except RegistryError as exc:
-            msg = f"schema.registry_url: cannot register the alert schema: {exc}"
+            msg = f"schema.alert_subject {subject!r} (schema.auto_register): {exc}"
             raise ConfigurationError(msg) from exc
         header = frame_body("confluent", b"", schema_id=schema_id)
     elif settings.schema_.wire_format == "single-object":
