@@ -255,22 +255,27 @@ def test_a_moderately_nested_schema_is_served(stub: Stub) -> None:
     assert SchemaRegistryClient(stub.url).schema_by_id(5)["name"] == "R29"
 
 
+@pytest.mark.parametrize("kind", ["record", "columnar"])
 def test_a_deep_writer_schema_dead_letters_its_events_in_the_decoder(
-    stub: Stub, reader_schema: dict[str, Any]
+    stub: Stub, reader_schema: dict[str, Any], kind: str
 ) -> None:
-    """Through the decoder, a message naming a 2,000-deep schema is rejected, not raised."""
-    from stream_scorer.decode import AvroDecoder, frame_body  # noqa: PLC0415
+    """Through either decoder, a message naming a 2,000-deep schema is rejected, not raised."""
+    from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, frame_body  # noqa: PLC0415
     from stream_scorer.records import SourceRecord  # noqa: PLC0415
 
     stub.body = {"schema": nested_schema_text(2_000)}
-    decoder = AvroDecoder(reader_schema, "confluent", registry=SchemaRegistryClient(stub.url))
-    record = SourceRecord("t", 0, 0, None, frame_body("confluent", b"\x00", schema_id=9))
+    decoder_class = AvroDecoder if kind == "record" else ColumnarAvroDecoder
+    decoder = decoder_class(reader_schema, "confluent", registry=SchemaRegistryClient(stub.url))
+    records = [
+        SourceRecord("t", 0, offset, None, frame_body("confluent", b"\x00", schema_id=9))
+        for offset in range(3)
+    ]
 
-    events, rejected = decoder.decode_batch([record])
+    batch = decoder.decode(records, ["amount"])
 
-    assert not events
-    assert len(rejected) == 1
-    assert "deeper than" in rejected[0].message
+    assert [r.source.offset for r in batch.rejected] == [0, 1, 2]
+    assert all("deeper than" in r.message for r in batch.rejected)
+    assert len(stub.requests) == 1
 
 
 def test_a_schema_that_is_not_a_record_is_a_per_id_rejection(stub: Stub) -> None:
