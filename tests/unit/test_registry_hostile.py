@@ -376,3 +376,31 @@ def test_two_kinds_of_auth_are_refused() -> None:
     """A username and a bearer token together are a mistake, not a guess."""
     with pytest.raises(ValueError, match="one of"):
         SchemaRegistryClient("http://127.0.0.1:1", "svc", "pw", bearer_token="tok")  # noqa: S106
+
+
+def test_an_ipv6_registry_url_is_reached() -> None:
+    """``http://[::1]:port`` is split and rebuilt with its brackets."""
+
+    class V6Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    class _Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            send(self, 200, PROBE_ANSWER)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    try:
+        server = V6Server(("::1", 0), _Handler)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    thread.start()
+    try:
+        url = f"http://[::1]:{server.server_address[1]}"
+        assert client(url).schema_by_id(1) == PROBE
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
