@@ -213,20 +213,24 @@ class SchemaSettings(_Section):
 
     @model_validator(mode="after")
     def _registry_for_confluent(self) -> Self:
+        # ConfigurationError, not ValueError: pydantic passes it through as it is, so the
+        # message is exactly this one, never followed by the section's values (passwords,
+        # tokens, a URL with user info) as a ValidationError would be.
+        problem = None
         if self.wire_format == "confluent" and not self.registry_url:
-            msg = "schema.registry_url is required when schema.wire_format is 'confluent'"
-            raise ValueError(msg)
-        if self.registry_key_file is not None and self.registry_cert_file is None:
-            msg = "schema.registry_key_file needs schema.registry_cert_file"
-            raise ValueError(msg)
-        if self.registry_bearer_token is not None and self.registry_username is not None:
-            msg = "schema.registry_bearer_token and schema.registry_username are exclusive"
-            raise ValueError(msg)
-        for url in (self.registry_url or "").split(","):
-            scheme = url.strip().split("://", 1)[0].lower()
-            if url.strip() and scheme not in {"http", "https"}:
-                msg = "schema.registry_url: every URL must start with http:// or https://"
-                raise ValueError(msg)
+            problem = "schema.registry_url is required when schema.wire_format is 'confluent'"
+        elif self.registry_key_file is not None and self.registry_cert_file is None:
+            problem = "schema.registry_key_file needs schema.registry_cert_file"
+        elif self.registry_bearer_token is not None and self.registry_username is not None:
+            problem = "schema.registry_bearer_token and schema.registry_username are exclusive"
+        elif any(
+            url.strip() and url.strip().split("://", 1)[0].lower() not in {"http", "https"}
+            for url in (self.registry_url or "").split(",")
+        ):
+            problem = "schema.registry_url: every URL must start with http:// or https://"
+        if problem is not None:
+            msg = f"invalid configuration: {problem}"
+            raise ConfigurationError(msg)
         if self.wire_format == "plain" and len(self.writers) > 1:
             msg = "schema.writers takes at most one schema when schema.wire_format is 'plain'"
             raise ValueError(msg)

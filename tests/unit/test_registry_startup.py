@@ -182,3 +182,22 @@ def test_unreadable_ca_file_names_the_key(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError, match=r"schema\.registry_ca_file"):
         build_registry(settings)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"registry_url": "", "registry_password": PLANTED},
+        {"registry_url": f"ftp://svc:{PLANTED}@h"},
+        {"registry_key_file": "k.pem", "registry_key_password": PLANTED},
+        {"registry_bearer_token": PLANTED, "registry_username": "u"},
+    ],
+    ids=["empty-url", "url-user-info", "key-without-cert", "token-and-user"],
+)
+def test_bad_registry_settings_never_echo_a_secret(schema: dict[str, Any]) -> None:
+    """The error for a bad registry section names the key and prints none of its values."""
+    overrides = {"schema": {"wire_format": "confluent", **schema}}
+
+    with pytest.raises(ConfigurationError, match=r"schema\.registry_") as caught:
+        load_settings(None, overrides, environ={})
+    assert PLANTED not in str(caught.value)
