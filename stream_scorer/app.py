@@ -38,7 +38,7 @@ from stream_scorer.delivery.publish import (
     transaction_timeout_s,
 )
 from stream_scorer.encode import AlertEncoder, EventFields
-from stream_scorer.errors import ConfigurationError
+from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
@@ -46,7 +46,7 @@ from stream_scorer.model_set import load_model as load_model_folder
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.privacy import PayloadCipher, PrivacyPolicy, Pseudonymiser, decode_key
 from stream_scorer.records import BatchResult
-from stream_scorer.registry import RegistryError, SchemaRegistryClient
+from stream_scorer.registry import RegistryError, RegistryUnavailableError, SchemaRegistryClient
 from stream_scorer.runner import Runner
 from stream_scorer.settings import Settings, masked
 
@@ -90,14 +90,10 @@ def load_schema(path: Path, key: str) -> dict[str, Any]:
 
 
 def build_registry(settings: Settings) -> SchemaRegistryClient | None:
-    """The registry client when the wire format needs one."""
-    schema = settings.schema_
-    if schema.wire_format != "confluent" or schema.registry_url is None:
+    """The registry client when the wire format needs one (no network call is made)."""
+    if settings.schema_.wire_format != "confluent":
         return None
-    password = schema.registry_password.get_secret_value() if schema.registry_password else None
-    return SchemaRegistryClient(
-        schema.registry_url, schema.registry_username, password, schema.registry_timeout_s
-    )
+    return SchemaRegistryClient.from_settings(settings.schema_)
 
 
 def build_decoder(
@@ -167,7 +163,8 @@ def build_alert_encoder(
     """The alert encoder, framing alerts in the same wire format as the input.
 
     Raises:
-        ConfigurationError: The alert schema cannot be read or registered.
+        ConfigurationError: The alert schema cannot be read, or the registry refused it.
+        FatalError: The registry is unavailable after its retries.
     """
     schema = load_schema(settings.schema_.alert, "schema.alert")
     header = b""
@@ -177,9 +174,11 @@ def build_alert_encoder(
             raise ConfigurationError(msg)
         subject = settings.schema_.alert_subject or f"{settings.topics.alerts}-value"
         try:
-            schema_id = registry.register(subject, schema)
+            schema_id = registry.alert_schema_id(subject, schema, settings.schema_.auto_register)
+        except RegistryUnavailableError as exc:
+            raise FatalError(str(exc)) from exc  # an outage, not a configuration problem
         except RegistryError as exc:
-            msg = f"schema.registry_url: cannot register the alert schema: {exc}"
+            msg = f"schema.alert_subject {subject!r} (schema.auto_register): {exc}"
             raise ConfigurationError(msg) from exc
         header = frame_body("confluent", b"", schema_id=schema_id)
     elif settings.schema_.wire_format == "single-object":

@@ -189,21 +189,67 @@ class SchemaSettings(_Section):
     """Known writer schemas for ``plain`` (exactly one; defaults to ``reader``) and
     ``single-object`` (looked up by fingerprint; ``reader`` is always included)."""
     registry_url: str | None = "http://localhost:8081"
-    """Schema Registry base URL; required for the ``confluent`` wire format."""
+    """Schema Registry base URL, or several separated by commas (failover, tried in turn);
+    required for the ``confluent`` wire format. User info in it is basic auth, never logged."""
     registry_username: str | None = None
     """Basic-auth user for the registry."""
     registry_password: SecretStr | None = None
     """Basic-auth password for the registry. Never logged."""
+    registry_bearer_token: SecretStr | None = None
+    """Bearer token for the registry (``Authorization: Bearer``); exclusive with basic auth.
+    Never logged."""
+    registry_ca_file: Path | None = None
+    """PEM bundle of the CAs trusted for an https registry; default: the system's."""
+    registry_cert_file: Path | None = None
+    """PEM client certificate for mutual TLS with the registry (may hold the key too)."""
+    registry_key_file: Path | None = None
+    """PEM private key of ``registry_cert_file``."""
+    registry_key_password: SecretStr | None = None
+    """Password of an encrypted ``registry_key_file``. Never logged."""
     registry_timeout_s: float = Field(default=5.0, gt=0)
-    """Timeout of one registry HTTP request."""
+    """Deadline of one registry HTTP attempt as a whole (connect to last byte, not per read)."""
+    registry_deadline_s: float = Field(default=30.0, gt=0)
+    """Deadline of one registry call, every retry and backoff included."""
+    registry_retries: int = Field(default=3, ge=0, le=20)
+    """Further attempts when the registry is unavailable (connection, timeout, 408/429/5xx);
+    a refusal (401, 403, 409, 422...) is never retried."""
+    registry_retry_backoff_s: float = Field(default=0.2, ge=0, le=10)
+    """First backoff between attempts; doubles per retry up to 10 s, with full jitter."""
+    registry_max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1 << 30)
+    """Largest registry answer read; a larger one is refused (its schema id is rejected)."""
+    registry_unknown_id_ttl_s: float = Field(default=30.0, ge=0)
+    """How long an id without a usable schema (unknown, not Avro, too deep) is not asked for
+    again: its messages are dead-lettered without a registry call meanwhile."""
+    registry_subjects: tuple[str, ...] = ()
+    """When set, writer schema ids are accepted only if the registry lists them under one of
+    these subjects; others are rejected like unknown ids. Empty accepts any id."""
+    auto_register: bool = True
+    """Register ``alert`` under ``alert_subject`` at start-up. ``false`` (a registry that
+    forbids registration by clients): use the subject's latest version, which must be
+    ``alert``."""
     alert_subject: str | None = None
     """Registry subject for alert schemas; defaults to ``<topics.alerts>-value``."""
 
     @model_validator(mode="after")
     def _registry_for_confluent(self) -> Self:
+        # ConfigurationError, not ValueError: pydantic passes it through as it is, so the
+        # message is exactly this one, never followed by the section's values (passwords,
+        # tokens, a URL with user info) as a ValidationError would be.
+        problem = None
         if self.wire_format == "confluent" and not self.registry_url:
-            msg = "schema.registry_url is required when schema.wire_format is 'confluent'"
-            raise ValueError(msg)
+            problem = "schema.registry_url is required when schema.wire_format is 'confluent'"
+        elif self.registry_key_file is not None and self.registry_cert_file is None:
+            problem = "schema.registry_key_file needs schema.registry_cert_file"
+        elif self.registry_bearer_token is not None and self.registry_username is not None:
+            problem = "schema.registry_bearer_token and schema.registry_username are exclusive"
+        elif any(
+            url.strip() and url.strip().split("://", 1)[0].lower() not in {"http", "https"}
+            for url in (self.registry_url or "").split(",")
+        ):
+            problem = "schema.registry_url: every URL must start with http:// or https://"
+        if problem is not None:
+            msg = f"invalid configuration: {problem}"
+            raise ConfigurationError(msg)
         if self.wire_format == "plain" and len(self.writers) > 1:
             msg = "schema.writers takes at most one schema when schema.wire_format is 'plain'"
             raise ValueError(msg)
