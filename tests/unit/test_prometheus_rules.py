@@ -83,7 +83,10 @@ def test_a_broken_rule_test_fails(promtool: str, tmp_path: Path) -> None:
             {
                 "interval": "1m",
                 "input_series": [
-                    {"series": 'stream_scorer_ready{job="stream-scorer",instance="a"}', "values": "1x10"}
+                    {
+                        "series": 'stream_scorer_ready{job="stream-scorer",instance="a"}',
+                        "values": "1x10",
+                    }
                 ],
                 "alert_rule_test": [
                     {
@@ -145,13 +148,12 @@ def test_every_alert_has_severity_and_summary() -> None:
 def test_rules_read_only_metrics_the_service_exports() -> None:
     """Every stream_scorer_* metric a rule reads is one ScorerMetrics registers."""
     registry = CollectorRegistry()
-    ScorerMetrics(registry)
-    exported: set[str] = set()
-    for family in registry.collect():
-        exported.update(sample.name for sample in family.samples)
-        exported.add(family.name)
-    # Gauges and counters without labels yet have no sample: take every registered name.
-    exported.update(registry._names_to_collectors)  # noqa: SLF001 - the registry's name table
+    metrics = ScorerMetrics(registry)
+    # Labelled metrics export samples only once a label set exists: create one of each.
+    metrics.init_labels("tx", "fraud", "1")
+    metrics.set_model("fraud", "1", "ab", "tensor")
+    metrics.set_lag("tx", 0, 0)
+    exported = {sample.name for family in registry.collect() for sample in family.samples}
     read = {name for rule in _rules() for name in _METRIC.findall(rule["expr"])}
     unknown = sorted(read - exported - PROCESS_METRICS)
     assert not unknown, f"rules read metrics the service does not export: {unknown}"
