@@ -304,7 +304,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 def promtool() -> str:
     """Path of promtool (Debian's prometheus package); fails with the install command."""
     path = shutil.which("promtool")
-    assert path is not None, "promtool is not installed: `apt-get install -y prometheus`"
+    assert path is not None, "promtool is missing: `make promtool` (apt-get install prometheus)"
     return path
 
 

@@ -34,7 +34,7 @@ def promtool() -> str:
     path = shutil.which("promtool")
     assert path is not None, (
         "promtool is not installed: `apt-get install -y prometheus` (Debian), "
-        "or run `make venv`, which installs it"
+        "or `make promtool` (make test runs it)"
     )
     return path
 
