@@ -45,13 +45,15 @@ broker-fetch: venv
 	$(PY) scripts/kafka_broker.py fetch
 
 # promtool (rule tests) and prometheus (tests/integration/test_prometheus.py) from Debian's
-# `prometheus` package. Its postinst enables a prometheus.service on :9090; the tests start
-# their own server on a free port, so a packaged one running beside them does not conflict.
+# `prometheus` package. Its postinst starts a prometheus.service on :9090 where systemd runs
+# (in containers policy-rc.d refuses it): stopped and disabled here, as it would hold the port
+# `docker compose up` publishes. The tests start their own server on a free port.
 promtool:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus && \
+	  if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus; fi; }
 
 test: venv broker-fetch promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
