@@ -38,6 +38,21 @@ EVENTS = 40_000
 RATE = 1_000
 #: Every this many events one is truncated, so the decode dead-letter series moves.
 CORRUPT_EVERY = 500
+#: Alerts that must not be pending while one healthy scorer works through a small stream
+#: (0.2 % of it undecodable, under the dead-letter alert's 1 %).
+QUIET_WHEN_HEALTHY = (
+    "StreamScorerNoProgress",
+    "StreamScorerDeadLetterRate",
+    "StreamScorerBatchErrors",
+    "StreamScorerRestarting",
+    "StreamScorerNotReady",
+    "StreamScorerNoModel",
+    "StreamScorerInstanceDown",
+    "StreamScorerPartitionsUnowned",
+    "StreamScorerAbsent",
+)
+#: Alerts that a loaded machine may rightly raise during the test.
+LOAD_DEPENDENT = ("StreamScorerLagGrowing", "StreamScorerLatencyOverSLO")
 #: Deadline for Prometheus to start, and for each condition asked of it.
 START_TIMEOUT_S = 60.0
 CONDITION_TIMEOUT_S = 60.0
@@ -208,6 +223,8 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
             )
 
         wait_until(rules_healthy, CONDITION_TIMEOUT_S, "every rule to load and evaluate")
+        alerts = {name for name in expected if name.startswith("StreamScorer")}
+        assert alerts == {*QUIET_WHEN_HEALTHY, *LOAD_DEPENDENT}, "classify every alert above"
 
         # The partition-coverage alert rests on these: all 4 partitions owned and seen.
         def partitions_counted() -> bool:
@@ -223,6 +240,13 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
 
         wait_until(decode_dead_letters, CONDITION_TIMEOUT_S, "decode dead letters to be counted")
 
+        # The panel check can fail: a series nobody exports, or a quantile of nothing, is no data.
+        assert not _has_number(server.query("stream_scorer_no_such_metric_total"))
+        assert not _has_number(
+            server.query(
+                'histogram_quantile(0.5, rate(stream_scorer_batch_size_bucket{le="x"}[1m]))'
+            )
+        )
         missing: list[str] = []
         for title, expr in _dashboard_queries():
             try:
@@ -235,7 +259,10 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
                 missing.append(f"{title}: {expr}")
         assert not missing, "panel queries without data:\n" + "\n".join(missing)
 
-        firing = server.query('ALERTS{alertname=~"StreamScorer.*"}')
+        # Alerts about state must stay quiet on a healthy scorer. Lag growth and latency are
+        # left out: on a loaded 2-core machine they are true, and the alerts rightly go pending.
+        quiet = "|".join(QUIET_WHEN_HEALTHY)
+        firing = server.query(f'ALERTS{{alertname=~"{quiet}"}}')
         assert not firing, f"alerts pending or firing on a healthy scorer: {firing}"
         assert producer.error is None, producer.error
     finally:
