@@ -309,7 +309,14 @@ def build_runner(
     schema_registry = build_registry(settings)
     decoder = build_decoder(settings, reader, schema_registry)
     encoder = build_alert_encoder(settings, schema_registry, fields, privacy)
-    live = LiveModels(models)
+
+    def on_replace(new: ModelSet) -> None:
+        metrics.model_swaps.inc()
+        card = new.champion.card
+        metrics.init_labels(settings.topics.input, card.name, card.version)
+        metrics.set_model(card.name, card.version, card.sha256 or "", card.input_layout)
+
+    live = LiveModels(models, on_replace)
     pipeline = Pipeline(
         decoder,
         live,

@@ -194,6 +194,11 @@ class ScorerMetrics:
             "stream_scorer_batches_in_flight",
             "Batches published but not yet acknowledged (at-least-once).", registry=registry,
         )  # fmt: skip
+        self.producer_queue = Gauge(
+            "stream_scorer_producer_queue_messages",
+            "Messages in the producer's local queue, not yet acknowledged (after each batch).",
+            registry=registry,
+        )  # fmt: skip
         self.model_swaps = Counter(
             "stream_scorer_model_swaps_total",
             "Times the live model set was replaced while running.", registry=registry,

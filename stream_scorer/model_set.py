@@ -16,7 +16,7 @@ serving.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,9 +112,13 @@ class ModelSet:
 class LiveModels:
     """The model set serving now; replaced whole, by one call, between batches."""
 
-    def __init__(self, models: ModelSet) -> None:
-        """Serve ``models`` from the first batch."""
+    def __init__(
+        self, models: ModelSet, on_replace: Callable[[ModelSet], None] | None = None
+    ) -> None:
+        """Serve ``models`` from the first batch; ``on_replace`` hears of each new set (the
+        live-model metrics)."""
         self._current = models
+        self._on_replace = on_replace
         self._lock = threading.Lock()
         #: How many times the set was replaced since start.
         self.swaps = 0
@@ -133,6 +137,8 @@ class LiveModels:
         with self._lock:
             previous, self._current = self._current, models
             self.swaps += 1
+        if self._on_replace is not None:
+            self._on_replace(models)
         log.info("model_set_replaced", previous=previous.describe(), current=models.describe())
         return previous
 

@@ -230,6 +230,7 @@ class Runner:
         metrics.records_consumed.labels(topic=self.consumer.topic).inc(result.consumed)
         metrics.batches.inc()
         metrics.batches_in_flight.set(self.delivery.in_flight)
+        metrics.producer_queue.set(self.delivery.queue_depth)
         self.totals.consumed += result.consumed
         self.totals.flagged += result.flagged
         self.totals.dead_lettered += result.dead_lettered

@@ -89,3 +89,8 @@ class Delivery(Protocol):
     def in_flight(self) -> int:
         """Batches published but not yet safe."""
         ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages in the producer's local queue, not yet acknowledged."""
+        ...

@@ -98,6 +98,11 @@ class AtLeastOnceDelivery:
         self._next_commit_at = 0.0
 
     @property
+    def queue_depth(self) -> int:
+        """Messages in the producer's local queue, not yet acknowledged."""
+        return self._publisher.queue_depth
+
+    @property
     def in_flight(self) -> int:
         """Batches produced but not yet all acknowledged."""
         return len(self._tracker)

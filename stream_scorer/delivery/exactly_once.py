@@ -61,6 +61,11 @@ class ExactlyOnceDelivery:
         self._pending = 0
 
     @property
+    def queue_depth(self) -> int:
+        """Messages in the producer's local queue, not yet acknowledged."""
+        return self._publisher.queue_depth
+
+    @property
     def in_flight(self) -> int:
         """Always 0 between batches: each batch is committed before the next is consumed."""
         return 0

@@ -114,6 +114,11 @@ class Publisher:
         """The underlying confluent-kafka producer."""
         return self._producer
 
+    @property
+    def queue_depth(self) -> int:
+        """Messages queued locally and not yet acknowledged (``len(producer)``)."""
+        return len(self._producer)
+
     def start_batch(self) -> None:
         """Start the deadline of the next batch's messages."""
         self._deadline = time.monotonic() + self.flush_timeout_s

@@ -113,6 +113,7 @@ def test_swap_under_load_loses_nothing(kafka_bootstrap: str, make_topic: Any, mo
         elif score < NEW_THRESHOLD - SCORE_TOLERANCE:
             assert event_id not in alerted
     assert scorer.runner.models.swaps == 1
+    assert registry.get_sample_value("stream_scorer_model_swaps_total") == 1
 
 
 def _event_id(value: bytes | None) -> str:

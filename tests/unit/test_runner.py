@@ -68,6 +68,7 @@ class FakeDelivery:
     """Records calls; ``fail_on_submit`` raises like a failed delivery."""
 
     in_flight = 0
+    queue_depth = 0
 
     def __init__(self, calls: list[str], fail_on_submit: bool = False) -> None:
         """Record calls in ``calls``."""
