@@ -368,9 +368,10 @@ def build_runner(
             TransactionalPublisher({**pconf, "error_cb": on_kafka_error}, flush_timeout_s),
             on_complete,
             on_abort=metrics.transactions_aborted.inc,
+            on_commit=metrics.observe_commit,
         )
     else:
-        committer = OffsetCommitter()
+        committer = OffsetCommitter(metrics.observe_commit)
         consumer = BatchConsumer(
             {**cconf, "error_cb": on_kafka_error, "on_commit": committer.on_commit},
             settings.topics.input,

@@ -194,6 +194,18 @@ class ScorerMetrics:
             "stream_scorer_batches_in_flight",
             "Batches published but not yet acknowledged (at-least-once).", registry=registry,
         )  # fmt: skip
+        self.commits = Counter(
+            "stream_scorer_commits_total",
+            "Offset commits by result: ok, retried (sent again with the next), refused (by a "
+            "rebalance), failed (stops the loop).", ["result"], registry=registry,
+        )  # fmt: skip
+        self.commit_duration = Histogram(
+            "stream_scorer_commit_duration_seconds",
+            "Time of synchronous offset commits (revocation, shutdown) and of exactly-once "
+            "transaction commits.", buckets=STAGE_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        for result in ("ok", "retried", "refused", "failed"):
+            self.commits.labels(result=result)
         self.producer_queue = Gauge(
             "stream_scorer_producer_queue_messages",
             "Messages in the producer's local queue, not yet acknowledged (after each batch).",
@@ -226,6 +238,12 @@ class ScorerMetrics:
         self.model_info.labels(
             model_name=name, model_version=version, sha256=sha256, input_layout=input_layout
         ).set(1)
+
+    def observe_commit(self, result: str, seconds: float | None) -> None:
+        """One commit's result and, when it was waited for, its duration."""
+        self.commits.labels(result=result).inc()
+        if seconds is not None:
+            self.commit_duration.observe(seconds)
 
     def forget_lag(self, topic: str, partition: int) -> None:
         """Stop exporting the lag of a partition this member no longer holds: its new owner

@@ -15,7 +15,7 @@ asynchronously between batches, synchronously on revocation and at shutdown.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import structlog
@@ -153,8 +153,10 @@ class OffsetCommitter:
     owns it.
     """
 
-    def __init__(self) -> None:
-        """Nothing acknowledged yet."""
+    def __init__(self, on_outcome: Callable[[str, float | None], None] | None = None) -> None:
+        """Nothing acknowledged yet; ``on_outcome(result, seconds)`` hears of every commit's
+        result (``ok``, ``retried``, ``refused``, ``failed``; seconds of a synchronous one)."""
+        self._on_outcome = on_outcome
         self._acked: dict[tuple[str, int], int] = {}
         #: Offsets handed to a commit that has not failed since.
         self._sent: dict[tuple[str, int], int] = {}
@@ -217,11 +219,18 @@ class OffsetCommitter:
             for (topic, partition), offset in sorted(self._acked.items())
             if (topic, partition) in assignment
         ]
+        tick = time.perf_counter()
         try:
             commit_offsets(consumer, offsets, timeout_s)
         except RebalanceCommitError as exc:
             log.warning("commit_refused_by_rebalance", error=str(exc), partitions=len(offsets))
+            self._outcome("refused", time.perf_counter() - tick)
             return []
+        except CommitError:
+            self._outcome("failed", time.perf_counter() - tick)
+            raise
+        if offsets:
+            self._outcome("ok", time.perf_counter() - tick)
         for tp in offsets:
             self._sent[(tp.topic, tp.partition)] = tp.offset
         return offsets
@@ -236,6 +245,7 @@ class OffsetCommitter:
         """librdkafka's commit callback (``on_commit`` in the consumer config)."""
         failed = [tp for tp in partitions if tp.error is not None]
         if error is None and not failed:
+            self._outcome("ok", None)
             return
         codes = {
             tp.error.code() if isinstance(tp.error, KafkaError) else KafkaError._FAIL
@@ -251,6 +261,12 @@ class OffsetCommitter:
                 if self._sent.get(key) == tp.offset:
                     del self._sent[key]
             self.retried += 1
+            self._outcome("retried", None)
             log.warning("commit_retry", error=detail)
             return
+        self._outcome("failed", None)
         self._failure = detail
+
+    def _outcome(self, result: str, seconds: float | None) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(result, seconds)

@@ -42,6 +42,7 @@ class ExactlyOnceDelivery:
         on_complete: CompletedCallback | None = None,
         on_abort: Callable[[], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        on_commit: Callable[[str, float | None], None] | None = None,
     ) -> None:
         """Wire the strategy to a consumer and a transactional producer.
 
@@ -51,12 +52,14 @@ class ExactlyOnceDelivery:
             on_complete: Told of each batch once its transaction is committed.
             on_abort: Told of each aborted transaction (a metric).
             clock_ms: Wall clock in epoch ms, for end-to-end latency.
+            on_commit: Told of each transaction commit: ``("ok", seconds)``.
         """
         self._member = member
         self._publisher = publisher
         self._on_complete = on_complete
         self._on_abort = on_abort
         self._clock_ms = clock_ms
+        self._on_commit = on_commit
         self._failures: list[str] = []
         self._pending = 0
 
@@ -105,6 +108,8 @@ class ExactlyOnceDelivery:
             self._rewind(output.batch, exc)
             return
         result.stage_s["commit"] = time.perf_counter() - tock
+        if self._on_commit is not None:
+            self._on_commit("ok", result.stage_s["commit"])
         log.debug("batch_committed", records=len(output.batch), ranges=ranges(spans))
         stamps = output.batch.timestamps_ms
         result.latencies_s = (self._clock_ms() - stamps[stamps > 0]) / 1000.0

@@ -265,3 +265,22 @@ def test_partition_spans_of_a_consumed_batch_equal_those_of_its_records() -> Non
         assert partition_spans(batch) == partition_spans(MessageBatch.from_records(list(batch)))
         assert partition_spans(batch)[("a", 0)] == (42, 100)
     assert partition_spans(MessageBatch([])) == {}
+
+
+def test_committer_reports_every_outcome() -> None:
+    """on_outcome hears ok, retried, refused and failed commits; synchronous ones are timed."""
+    outcomes: list[tuple[str, bool]] = []
+    committer = OffsetCommitter(lambda result, s: outcomes.append((result, s is not None)))
+    committer.acknowledge([TopicPartition("t", 0, 10)])
+    ok = Reported("t", 0, 10)
+    retried = Reported("t", 0, 10, KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+
+    committer.on_commit(None, [ok])  # type: ignore[list-item]
+    committer.on_commit(None, [retried])  # type: ignore[list-item]
+    committer.commit_sync(FakeConsumer(), {("t", 0)})  # type: ignore[arg-type]
+    committer.commit_sync(ScriptedConsumer([KafkaError.ILLEGAL_GENERATION]), {("t", 0)})  # type: ignore[arg-type]
+    committer.on_commit(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED), [])
+
+    assert outcomes == [
+        ("ok", False), ("retried", False), ("ok", True), ("refused", True), ("failed", False),
+    ]  # fmt: skip
