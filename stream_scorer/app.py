@@ -353,36 +353,34 @@ def build_runner(
             on_batch(result)
 
     flush_timeout_s = settings.delivery.flush_timeout_s
+    # At-least-once commits asynchronously: the committer hears the outcomes in on_commit.
+    committer = None if exactly_once else OffsetCommitter(metrics.observe_commit)
+    consumer = BatchConsumer(
+        {
+            **cconf,
+            "error_cb": on_kafka_error,
+            **({} if committer is None else {"on_commit": committer.on_commit}),
+        },
+        settings.topics.input,
+        settings.batch.max_size,
+        settings.batch.max_wait_ms / 1000.0,
+        settings.batch.linger_ms / 1000.0,
+        on_lag=on_lag,
+    )
+    pconf = {**pconf, "error_cb": on_kafka_error}
     delivery: Delivery
-    if exactly_once:
-        consumer = BatchConsumer(
-            {**cconf, "error_cb": on_kafka_error},
-            settings.topics.input,
-            settings.batch.max_size,
-            settings.batch.max_wait_ms / 1000.0,
-            settings.batch.linger_ms / 1000.0,
-            on_lag=on_lag,
-        )
+    if committer is None:
         delivery = ExactlyOnceDelivery(
             consumer,
-            TransactionalPublisher({**pconf, "error_cb": on_kafka_error}, flush_timeout_s),
+            TransactionalPublisher(pconf, flush_timeout_s),
             on_complete,
             on_abort=metrics.transactions_aborted.inc,
             on_commit=metrics.observe_commit,
         )
     else:
-        committer = OffsetCommitter(metrics.observe_commit)
-        consumer = BatchConsumer(
-            {**cconf, "error_cb": on_kafka_error, "on_commit": committer.on_commit},
-            settings.topics.input,
-            settings.batch.max_size,
-            settings.batch.max_wait_ms / 1000.0,
-            settings.batch.linger_ms / 1000.0,
-            on_lag=on_lag,
-        )
         delivery = AtLeastOnceDelivery(
             consumer,
-            Publisher({**pconf, "error_cb": on_kafka_error}, flush_timeout_s),
+            Publisher(pconf, flush_timeout_s),
             flush_timeout_s,
             settings.delivery.commit_interval_ms / 1000.0,
             settings.delivery.max_in_flight_batches,
