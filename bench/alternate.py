@@ -15,10 +15,14 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
-__all__ = ["NOISE", "compare", "run_order", "spread"]
+__all__ = ["MIN_ROUNDS", "NOISE", "TOO_FEW", "compare", "run_order", "spread"]
 
 #: The verdict when the rounds disagree about which variant is better.
 NOISE = "within noise"
+#: Fewest complete rounds for a verdict: under pure noise, all of 3 rounds agree 1 time in 4.
+MIN_ROUNDS = 3
+#: The verdict with fewer rounds than that.
+TOO_FEW = "too few rounds"
 
 
 def run_order(rounds: int, a: str, b: str) -> list[tuple[int, str]]:
@@ -73,8 +77,9 @@ def compare(
 
     Returns:
         ``{a: spread, b: spread, "ratio_of_medians", "round_ratios", "winner"}``; the winner
-        is the better variant when every complete round agrees, else :data:`NOISE`. Rounds
-        where either run gave no value are left out of everything.
+        is the better variant when every complete round agrees, else :data:`NOISE`
+        (:data:`TOO_FEW` under :data:`MIN_ROUNDS` rounds). Rounds where either run gave no
+        value are left out of everything.
 
     Raises:
         ValueError: The two sequences differ in length, or no round is complete.
@@ -91,6 +96,8 @@ def compare(
     ratios = [x / y for x, y in pairs]
     a_better = [(r > 1) if better == "higher" else (r < 1) for r in ratios]
     winner = a if all(a_better) else b if not any(a_better) else NOISE
+    if len(pairs) < MIN_ROUNDS:
+        winner = TOO_FEW
     return {
         a: spread(xs),
         b: spread(ys),

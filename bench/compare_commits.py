@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = RESULTS_DIR / "logs" / f"compare-{run_id}"
     scratch = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     started = time.monotonic()
+    load_start = list(os.getloadavg())
     cluster: Cluster | None = None
     runs: dict[str, list[dict[str, Any]]] = {a: [{}] * args.rounds, b: [{}] * args.rounds}
     try:
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
     summary = _summary(a, b, runs, args.rounds)
+    load_end = list(os.getloadavg())
     results = {
         "command": " ".join(
             ["python -m bench.compare_commits", *(argv if argv is not None else sys.argv[1:])]
@@ -242,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         "events": data.events,
         "order": [f"{i + 1}:{label}" for i, label in run_order(args.rounds, a, b)],
         "duration_s": round(time.monotonic() - started, 1),
+        # How shared the machine was: the figures mean little when the load far exceeds the cores.
+        "load_average_start": load_start,
+        "load_average_end": load_end,
+        "cores": os.cpu_count(),
         "summary": summary,
         "runs": runs,
     }
@@ -250,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print()
     print(_format(a, b, summary))
-    print(f"\nresults: {path}; total time {results['duration_s']:.0f} s")
+    print(
+        f"\nresults: {path}; total time {results['duration_s']:.0f} s; load average "
+        f"{load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
+    )
     return 1 if summary["timed_out_runs"] else 0
 
 

@@ -250,6 +250,20 @@ def pipelining_lines(results: dict[str, Any]) -> list[str]:
             f"  {key:<26}{cells[0]:<30}{cells[1]:<30}{row['ratio_of_medians']:.3f}  {ratios}; "
             f"{row['better']} is better: {row['winner']}"
         )
+    # The load producer shares the machine: what it reached is part of what was measured.
+    runs = results["pipelining"].get("runs", {})
+    for key, rows in runs.items():
+        if not key.startswith("latency_"):
+            continue
+        reached = [
+            f"{name.removeprefix('stream-scorer-')} "
+            + "/".join(f"{r['achieved_offered_events_per_s']:,.0f}" for r in rows[name] if r)
+            for name in (a, b)
+            if name in rows
+        ]
+        out.append(
+            f"  offered load reached, {key.removeprefix('latency_')}/s asked: " + "; ".join(reached)
+        )
     return out
 
 

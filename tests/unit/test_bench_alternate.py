@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.alternate import NOISE, compare, run_order, spread
+from bench.alternate import NOISE, TOO_FEW, compare, run_order, spread
 
 
 def test_run_order_swaps_the_pair_every_round() -> None:
@@ -48,10 +48,16 @@ def test_compare_calls_disagreeing_rounds_noise() -> None:
 
 def test_compare_leaves_out_incomplete_rounds() -> None:
     """A round where one run gave no value is left out of medians, ratios and the verdict."""
-    result = compare("a", "b", [110.0, None, 120.0], [100.0, 100.0, 200.0], "higher")
-    assert result["rounds"] == 2
-    assert result["round_ratios"] == [1.1, 0.6]
-    assert result["b"]["values"] == [100.0, 200.0]
+    result = compare("a", "b", [110.0, None, 120.0, 90.0], [100.0, 100.0, 200.0, 100.0], "higher")
+    assert result["rounds"] == 3
+    assert result["round_ratios"] == [1.1, 0.6, 0.9]
+    assert result["b"]["values"] == [100.0, 200.0, 100.0]
+
+
+def test_compare_names_no_winner_from_too_few_rounds() -> None:
+    """Two rounds that agree are not a verdict: pure noise agrees that often."""
+    result = compare("a", "b", [110.0, 120.0], [100.0, 100.0], "higher")
+    assert result["winner"] == TOO_FEW
 
 
 @pytest.mark.parametrize(
