@@ -90,14 +90,20 @@ def _child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAM_SCORER_")}
 
 
-def spawn(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in the repository root, output to ``log_path``, killed with the harness."""
+def spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    cwd: Path = REPO,
+    extra_env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in ``cwd`` (the repository root), output to ``log_path``, killed with the
+    harness; ``extra_env`` is added to its environment (e.g. another checkout's PYTHONPATH)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             list(argv),
-            cwd=REPO,
-            env=_child_env(),
+            cwd=cwd,
+            env={**_child_env(), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,12 +7,20 @@ group join are not counted, for anyone) and closes at the first poll that sees t
 reached; the rate is the events committed in between divided by the time in between. CPU time
 (user + system, psutil, over each process tree) is interpolated to the same two instants; RSS
 (the sum over each tree) is sampled every :data:`SAMPLE_INTERVAL_S` and its peak kept.
+
+A group of several members is measured differently (:func:`group_window`), because the first
+member may read most of a short data set before the others have joined: the window opens at the
+group's first consumed event (the members' ``stream_scorer_records_consumed_total``, scraped
+from their ``/metrics`` until it leaves 0) and closes at the commit that reaches the target, so
+a slow join counts against the group instead of hiding the run.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +31,32 @@ import psutil
 
 from bench.infra import Cluster, tail
 
-__all__ = ["ContenderError", "RunMeasurement", "TreeSampler", "measure_run"]
+__all__ = [
+    "ContenderError",
+    "GroupWindow",
+    "RunMeasurement",
+    "TreeSampler",
+    "consumed_count",
+    "crossing_time",
+    "group_window",
+    "measure_run",
+]
 
 #: psutil sampling period for CPU and RSS (the brief's 100 ms).
 SAMPLE_INTERVAL_S = 0.1
-#: Committed-offset polling period: one admin round trip to the local broker each time.
-PROGRESS_INTERVAL_S = 0.25
+#: Committed-offset polling period: one admin round trip to the local broker each time. A
+#: window end is known to within one period, and a full-speed run lasts about 5 s.
+PROGRESS_INTERVAL_S = 0.1
 #: Group membership polling period until the group is stable.
 GROUP_INTERVAL_S = 0.5
 #: Points kept of the RSS time series in the results (downsampled).
 RSS_SERIES_POINTS = 60
 #: Bytes per MiB.
 MIB = 1024 * 1024
+#: Timeout of one /metrics scrape of a member (local HTTP; a slow one is retried next period).
+SCRAPE_TIMEOUT_S = 0.5
+#: The counter of events a stream-scorer process has consumed (all topics, all labels).
+CONSUMED_METRIC = "stream_scorer_records_consumed_total"
 
 
 class ContenderError(RuntimeError):
@@ -79,6 +101,91 @@ class TreeSampler:
         return cpu, rss
 
 
+def consumed_count(metrics_url: str) -> int | None:
+    """Events a stream-scorer process has consumed, from its ``/metrics``; None when unreachable.
+
+    A member still loading its model has no HTTP endpoint yet: that reads as None, not 0.
+    """
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - our own http:// URL
+            f"{metrics_url}/metrics", timeout=SCRAPE_TIMEOUT_S
+        ) as response:
+            text = response.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        # Sample lines only: "name{labels} value" (comments start with '#').
+        if line.startswith(CONSUMED_METRIC):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def crossing_time(samples: Sequence[tuple[float, int]], threshold: int) -> float | None:
+    """When a polled, non-decreasing counter first reached ``threshold``.
+
+    The counter reached it somewhere between the last poll below it and the first poll at or
+    above it; the midpoint halves the worst error and removes the bias of taking either end.
+    When no earlier poll saw it below, the first poll at or above is the best bound known.
+
+    Args:
+        samples: ``(time, value)`` polls in time order.
+        threshold: The value to reach.
+
+    Returns:
+        The estimated time, or None when no poll reached ``threshold``.
+    """
+    before: float | None = None
+    for t, value in samples:
+        if value >= threshold:
+            return t if before is None else (before + t) / 2
+        before = t
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupWindow:
+    """A group's run from its first consumed event to the commit that reached the target."""
+
+    start_s: float
+    end_s: float
+    events: int
+
+    @property
+    def seconds(self) -> float:
+        """Length of the window."""
+        return self.end_s - self.start_s
+
+    @property
+    def events_per_s(self) -> float:
+        """The group's rate over the window."""
+        return self.events / self.seconds
+
+
+def group_window(
+    consumed: Sequence[tuple[float, int]],
+    committed: Sequence[tuple[float, int]],
+    target: int,
+    already_committed: int = 0,
+) -> GroupWindow | None:
+    """The window of a group's run, from polls of what it consumed and what it committed.
+
+    Args:
+        consumed: ``(time, events consumed by all members)`` polls, from before the first.
+        committed: ``(time, sum of the group's committed offsets)`` polls.
+        target: Committed offsets that end the run.
+        already_committed: The group's committed offsets before the run (0 for a new group).
+
+    Returns:
+        The window, or None when the run never consumed or never reached ``target``.
+    """
+    start = crossing_time(consumed, 1)
+    end = crossing_time(committed, target)
+    if start is None or end is None or end <= start:
+        return None
+    return GroupWindow(start, end, target - already_committed)
+
+
 @dataclass(slots=True)
 class RunMeasurement:
     """What one contender run came to."""
@@ -95,6 +202,14 @@ class RunMeasurement:
     timed_out: bool = False
     wall_s: float = 0.0
     rss_series_mb: list[tuple[float, float]] = field(default_factory=list)
+    #: How the window was taken: ``first-commit-once-stable`` or (groups scraped through
+    #: their /metrics) ``first-consumed-to-last-commit``.
+    window_kind: str = "first-commit-once-stable"
+    #: Seconds from the window's start until the group was first seen stable with all its
+    #: members (negative: stable before anything was consumed; None: never seen stable).
+    all_members_after_s: float | None = None
+    #: Events each member had consumed at the end (from its /metrics), when scraped.
+    consumed_by_member: list[int | None] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -110,6 +225,11 @@ class RunMeasurement:
             "committed": self.committed,
             "timed_out": self.timed_out,
             "wall_s": round(self.wall_s, 2),
+            "window_kind": self.window_kind,
+            "all_members_after_s": (
+                None if self.all_members_after_s is None else round(self.all_members_after_s, 3)
+            ),
+            "consumed_by_member": self.consumed_by_member,
             "rss_series_mb": [(round(t, 2), round(m, 1)) for t, m in self.rss_series_mb],
         }
 
@@ -130,6 +250,7 @@ def measure_run(
     target_events: int,
     timeout_s: float,
     members: int = 1,
+    metrics_urls: Sequence[str] | None = None,
 ) -> RunMeasurement:
     """Follow a running contender until its group has committed ``target_events``.
 
@@ -142,6 +263,9 @@ def measure_run(
         target_events: Done when the committed offsets add up to at least this.
         timeout_s: Give up after this long (the measurement is then marked ``timed_out``).
         members: Group members to wait for before the window may open.
+        metrics_urls: The members' stream-scorer ``/metrics`` base URLs: when given, the
+            window is :func:`group_window` (first consumed event to last commit) instead of
+            first commit once stable, and each member's consumed count is reported.
 
     Returns:
         The measurement; the processes are left running.
@@ -154,7 +278,9 @@ def measure_run(
     started = time.monotonic()
     samples: list[tuple[float, float, int]] = []
     progress: list[tuple[float, int]] = []
-    stable = False
+    commits: list[tuple[float, int]] = []
+    consumed: list[tuple[float, int]] = []
+    stable_at: float | None = None
     next_progress = next_group = started
     committed = 0
     result = RunMeasurement(target_events)
@@ -162,13 +288,21 @@ def measure_run(
         now = time.monotonic()
         cpu, rss = sampler.sample()
         samples.append((now, cpu, rss))
-        if not stable and now >= next_group:
+        # Scraped every period until the first event is consumed: that instant opens a group's
+        # window, and later scrapes would only cost the members CPU.
+        if metrics_urls and (not consumed or consumed[-1][1] == 0):
+            counts = [consumed_count(url) for url in metrics_urls]
+            consumed.append((now, sum(c or 0 for c in counts)))
+        if stable_at is None and now >= next_group:
             next_group = now + GROUP_INTERVAL_S
             seen, assigned = cluster.group_members(group)
-            stable = seen >= members and assigned >= len(partitions)
+            if seen >= members and assigned >= len(partitions):
+                stable_at = now
         if now >= next_progress:
             next_progress = now + PROGRESS_INTERVAL_S
             committed = cluster.committed(group, topic, partitions)
+            commits.append((now, committed))
+            stable = stable_at is not None
             if stable and committed > 0 and (not progress or committed != progress[-1][1]):
                 progress.append((now, committed))
             if committed >= target_events:
@@ -180,6 +314,34 @@ def measure_run(
         time.sleep(max(0.0, SAMPLE_INTERVAL_S - (time.monotonic() - now)))
     result.committed = committed
     result.wall_s = time.monotonic() - started
+    if metrics_urls:
+        result.window_kind = "first-consumed-to-last-commit"
+        result.consumed_by_member = [consumed_count(url) for url in metrics_urls]
+        found = group_window(consumed, commits, target_events)
+        window = None if found is None else (found.start_s, found.end_s, found.events)
+        if found is not None and stable_at is not None:
+            result.all_members_after_s = stable_at - found.start_s
+    else:
+        window = _stable_window(progress)
+    _fill_in(result, samples, started, window)
+    return result
+
+
+def _stable_window(progress: Sequence[tuple[float, int]]) -> tuple[float, float, int] | None:
+    """First to last ``(time, committed)`` change seen once the group was stable."""
+    if len(progress) < 2:
+        return None
+    (t0, c0), (t1, c1) = progress[0], progress[-1]
+    return t0, t1, c1 - c0
+
+
+def _fill_in(
+    result: RunMeasurement,
+    samples: Sequence[tuple[float, float, int]],
+    started: float,
+    window: tuple[float, float, int] | None,
+) -> None:
+    """Memory from the ``(time, CPU s, RSS)`` samples; rate and CPU over ``window``."""
     times = np.array([s[0] for s in samples])
     cpus = np.array([s[1] for s in samples])
     rss_mb = np.array([s[2] for s in samples]) / MIB
@@ -189,11 +351,10 @@ def measure_run(
     result.rss_series_mb = [
         (float(t - started), float(m)) for t, m in zip(times[::step], rss_mb[::step], strict=True)
     ]
-    if len(progress) >= 2:
-        (t0, c0), (t1, c1) = progress[0], progress[-1]
-        result.window_events = c1 - c0
+    if window is not None:
+        t0, t1, events = window
+        result.window_events = events
         result.window_s = t1 - t0
-        result.events_per_s = result.window_events / result.window_s
+        result.events_per_s = events / result.window_s
         result.cpu_s = float(np.interp(t1, times, cpus) - np.interp(t0, times, cpus))
-        result.cpu_s_per_million = result.cpu_s / result.window_events * 1e6
-    return result
+        result.cpu_s_per_million = result.cpu_s / events * 1e6

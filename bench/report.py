@@ -16,7 +16,14 @@ from typing import Any
 
 import psutil
 
-__all__ = ["TARGETS", "evaluate_targets", "format_tables", "machine_info", "plot_results"]
+__all__ = [
+    "TARGETS",
+    "evaluate_targets",
+    "format_tables",
+    "machine_info",
+    "pipelining_lines",
+    "plot_results",
+]
 
 #: The issue's targets: (id, description, kind, threshold).
 TARGETS: tuple[tuple[str, str, str, float], ...] = (
@@ -30,10 +37,10 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     # "Flat over a 5-minute run": RSS in the last minute at most 10 % above minute 2's.
     ("rss_flat", "stream-scorer RSS growth over the soak (%)", "max", 10.0),
 )
-#: Contenders in table order; stream-scorer first, it is the reference of every ratio.
+#: Contenders in table order; stream-scorer first, it is the reference of every ratio. (Results
+#: files from before the pipelining phase also have a single ``stream-scorer-barrier`` row.)
 CONTENDER_ORDER = ("stream-scorer", "stream-scorer-barrier", "fastavro-batch", "naive", "quix")
-#: The contenders plus stream-scorer with its loop made a barrier (bench/run.py TUNED_VARIANT).
-LATENCY_ORDER = ("stream-scorer", "stream-scorer-barrier", "fastavro-batch", "naive", "quix")
+LATENCY_ORDER = CONTENDER_ORDER
 
 
 def _cpu_model() -> str:
@@ -193,9 +200,18 @@ def _detail_lines(results: dict[str, Any]) -> list[str]:
         out += [f"  {r['batch_size']:>6}{_fmt(r['events_per_s']):>11} events/s" for r in sweep]
     scaling = results.get("scaling", {})
     if scaling:
-        out += ["", "stream-scorer scaling (consumer-group members on this machine)"]
+        out += [
+            "",
+            "stream-scorer scaling (consumer-group members on this machine; first consumed "
+            "event to last commit)",
+        ]
         for members, row in scaling.items():
-            out.append(f"  {members} member(s){_fmt(row.get('events_per_s')):>11} events/s")
+            out.append(
+                f"  {members} member(s){_fmt(row.get('events_per_s')):>11} events/s over "
+                f"{_fmt(row.get('window_s'), 2)} s, consumed per member "
+                f"{row.get('consumed_by_member', '-')}"
+            )
+    out += pipelining_lines(results)
     soak = results.get("soak")
     if soak:
         out += [
@@ -208,6 +224,49 @@ def _detail_lines(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def pipelining_lines(results: dict[str, Any]) -> list[str]:
+    """The pipelining phase: each metric's medians, spread, ratios and verdict."""
+    summary = results.get("pipelining", {}).get("summary")
+    if not summary:
+        return []
+    a, b = summary["variants"]
+    out = [
+        "",
+        f"Pipelined against barrier, {summary['rounds']} alternating rounds "
+        f"(ratio = {a} / {b}; median [min-max])",
+    ]
+    names = [name.removeprefix("stream-scorer-") for name in (a, b)]
+    out.append(f"  {'metric':<26}{names[0]:<30}{names[1]:<30}ratio  per round; verdict")
+    for key, row in summary.items():
+        if not isinstance(row, dict) or "winner" not in row:
+            continue
+        cells = [
+            f"{_fmt(row[name]['median'], 1)} [{_fmt(row[name]['min'], 1)}-"
+            f"{_fmt(row[name]['max'], 1)}]"
+            for name in (a, b)
+        ]
+        ratios = ", ".join(f"{r:.2f}" for r in row["round_ratios"])
+        out.append(
+            f"  {key:<26}{cells[0]:<30}{cells[1]:<30}{row['ratio_of_medians']:.3f}  {ratios}; "
+            f"{row['better']} is better: {row['winner']}"
+        )
+    # The load producer shares the machine: what it reached is part of what was measured.
+    runs = results["pipelining"].get("runs", {})
+    for key, rows in runs.items():
+        if not key.startswith("latency_"):
+            continue
+        reached = [
+            f"{name.removeprefix('stream-scorer-')} "
+            + "/".join(f"{r['achieved_offered_events_per_s']:,.0f}" for r in rows[name] if r)
+            for name in (a, b)
+            if name in rows
+        ]
+        out.append(
+            f"  offered load reached, {key.removeprefix('latency_')}/s asked: " + "; ".join(reached)
+        )
+    return out
+
+
 def format_tables(results: dict[str, Any]) -> str:
     """The human-readable summary: contenders, limits, stages, sweep, scaling, targets."""
     out: list[str] = []
@@ -217,7 +276,8 @@ def format_tables(results: dict[str, Any]) -> str:
     header = f"{'contender':<23}{'events/s':>11}{'ratio':>8}{'CPU s/M':>9}{'peak RSS MB':>12}"
     for load in loads:
         header += f"{'p50/p95/p99 ms @' + load + '/s':>28}"
-    out += ["Throughput (whole data set) and end-to-end latency", header, "-" * len(header)]
+    if throughput or latency:
+        out += ["Throughput (whole data set) and end-to-end latency", header, "-" * len(header)]
     for name in LATENCY_ORDER:
         row = throughput.get(name, {})
         if not row and name not in latency:

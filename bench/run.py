@@ -8,9 +8,11 @@ Schema Registry, pre-produces a fixed data set of synthetic transactions, then m
   stream-scorer as shipped, a fastavro-dict batched scorer, a naive one-message loop and a Quix
   Streams app, each from the beginning of the topic with its own group and output topic;
 * stream-scorer's time per stage, its throughput against ``batch.max_size`` and with 1 and 2
-  group members;
+  group members (a group's rate from its first consumed event to its last commit);
 * end-to-end latency (alert ``LogAppendTime`` minus source ``event_time``) of every contender
-  at fixed offered loads from a separate producer process (``stream-scorer produce``).
+  at fixed offered loads from a separate producer process (``stream-scorer produce``);
+* pipelined against barrier delivery: both configurations in alternating rounds, for throughput
+  and for latency at each offered load, as medians with their spread and ratios.
 
 It writes ``bench/results/results.json`` and PNG plots, and prints a table with ratios to
 stream-scorer and the issue's targets marked PASS or MISS. ``--quick`` shrinks everything for a
@@ -40,6 +42,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.alternate import compare, run_order
 from bench.infra import REPO, Cluster, spawn, terminate, write_scorer_config
 from bench.monitor import RunMeasurement, TreeSampler, measure_run
 from bench.report import evaluate_targets, format_tables, machine_info, plot_results
@@ -76,16 +79,21 @@ DRAIN_TIMEOUT_S = 120.0
 JOIN_TIMEOUT_S = 60.0
 #: Contenders in run order.
 CONTENDERS = ("stream-scorer", "fastavro-batch", "naive", "quix")
-#: A variant measured beside stream-scorer (throughput and latency): the same service with the
-#: pipelined at-least-once loop turned into a barrier (every batch acknowledged before the next
-#: is consumed, a commit after every batch), to show what the pipelining is worth.
-TUNED_VARIANT = "stream-scorer-barrier"
+#: The two delivery configurations the pipelining phase alternates, set explicitly (not left
+#: to the defaults) so the comparison means the same whichever one the service ships as default:
+#: up to 4 batches awaiting acknowledgement with offsets committed every 100 ms, against a
+#: barrier (every batch acknowledged and committed before the next is consumed).
+PIPELINED_VARIANT = "stream-scorer-pipelined"
+BARRIER_VARIANT = "stream-scorer-barrier"
+VARIANT_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    PIPELINED_VARIANT: {"delivery": {"max_in_flight_batches": 4, "commit_interval_ms": 100}},
+    BARRIER_VARIANT: {"delivery": {"max_in_flight_batches": 1, "commit_interval_ms": 0}},
+}
+#: Rounds of the pipelining phase (each round one run of each variant, order swapped).
+DEFAULT_AB_ROUNDS = 3
 #: Offered load (events/s) of the memory soak, and how often its RSS is sampled.
 SOAK_LOAD = 20_000
 SOAK_SAMPLE_S = 1.0
-TUNED_OVERRIDES: dict[str, dict[str, Any]] = {
-    "delivery": {"max_in_flight_batches": 1, "commit_interval_ms": 0}
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,9 @@ class Plan:
     scaling: bool
     latency: bool
     soak_s: float
+    limits: bool = True
+    throughput: bool = True
+    ab_rounds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +157,7 @@ class Harness:
     ) -> Launch:
         """The command line of ``contender`` reading ``topics['input']``."""
         python = sys.executable
-        if contender in ("stream-scorer", TUNED_VARIANT):
+        if contender == "stream-scorer" or contender in VARIANT_OVERRIDES:
             port = find_free_ports(1)[0]
             config = write_scorer_config(
                 self.configs / f"{tag}.toml",
@@ -156,7 +167,7 @@ class Harness:
                 self.cluster.registry_url,
                 batch_size,
                 port,
-                TUNED_OVERRIDES if contender == TUNED_VARIANT else None,
+                VARIANT_OVERRIDES.get(contender),
             )
             script = Path(python).parent / "stream-scorer"
             argv = [str(script)] if script.exists() else [python, "-m", "stream_scorer"]
@@ -270,8 +281,13 @@ class Harness:
         target: int | None = None,
         members: int = 1,
         topics: dict[str, str] | None = None,
+        group_rate: bool = False,
     ) -> tuple[RunMeasurement, dict[str, Any] | None, dict[str, str]]:
-        """One contender over the data set; returns the measurement and its /metrics."""
+        """One contender over the data set; returns the measurement and its /metrics.
+
+        ``group_rate`` measures from the group's first consumed event to its last commit
+        (stream-scorer only: it reads each member's /metrics), as a group of several needs.
+        """
         group = self._name(tag)
         topics = {"input": self.input_topic, **(topics or self._output_topics(tag))}
         launches = [
@@ -288,6 +304,7 @@ class Harness:
                 target or self.plan.events,
                 self.plan.run_timeout_s,
                 members,
+                [str(launch.metrics_url) for launch in launches] if group_rate else None,
             )
             if launches[0].metrics_url is not None:
                 metrics = _scrape(launches[0].metrics_url)
@@ -296,10 +313,7 @@ class Harness:
     def throughput(self) -> None:
         """Every contender over the whole data set."""
         self.results["throughput"] = {}
-        contenders = list(self.plan.contenders)
-        if "stream-scorer" in contenders:
-            contenders.insert(1, TUNED_VARIANT)
-        for contender in contenders:
+        for contender in self.plan.contenders:
             self._say(f"throughput: {contender}")
             measurement, metrics, topics = self._throughput_run(contender, f"tp-{contender}")
             row = measurement.as_dict()
@@ -328,19 +342,34 @@ class Harness:
         self.results["batch_sweep"] = rows
 
     def scaling(self) -> None:
-        """stream-scorer with 1 and 2 members of one group, back to back."""
+        """stream-scorer with 1 and 2 members of one group, back to back.
+
+        Each group's rate runs from its first consumed event to its last commit: a window that
+        opened only once both members held partitions missed most of a run (the first member
+        reads the data set while the second is still loading its model and joining), down to
+        nothing at all. The join and the rebalance now count against the group, and the
+        members' consumed counts show how the work was shared.
+        """
         scratch = self._output_topics("scale")
-        # The whole data set: the second member's join and the rebalance take seconds, and
-        # the window opens only once both members hold partitions.
         target = self.plan.events
         self.results["scaling"] = {}
         for members in (1, 2):
             self._say(f"scaling: {members} member(s)")
             measurement, _, _ = self._throughput_run(
-                "stream-scorer", f"scale-{members}", target=target, members=members, topics=scratch
+                "stream-scorer",
+                f"scale-{members}",
+                target=target,
+                members=members,
+                topics=scratch,
+                group_rate=True,
             )
             self.results["scaling"][str(members)] = measurement.as_dict()
-            self._say(f"  {measurement.events_per_s:,.0f} events/s")
+            joined = measurement.all_members_after_s
+            self._say(
+                f"  {measurement.events_per_s:,.0f} events/s over {measurement.window_s:.2f} s;"
+                f" consumed per member {measurement.consumed_by_member}; all members in the"
+                f" group {'never seen' if joined is None else f'{joined:+.2f} s'} after the start"
+            )
 
     def _wait_joined(self, group: str, processes: list[subprocess.Popen[bytes]], tag: str) -> None:
         deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -354,9 +383,15 @@ class Harness:
                 raise TimeoutError(msg)
             time.sleep(0.25)
 
-    def _latency_run(self, contender: str, load: int) -> dict[str, Any]:
-        """One contender at one offered load; latencies of its alerts."""
-        tag = f"lat-{contender}-{load}"
+    def _latency_run(
+        self, contender: str, load: int, suffix: str = "", throughput: float | None = None
+    ) -> dict[str, Any]:
+        """One contender at one offered load; latencies of its alerts.
+
+        ``suffix`` tells repeated runs' topics and groups apart; ``throughput`` is the rate the
+        saturation mark compares with (default: the contender's throughput phase).
+        """
+        tag = f"lat-{contender}-{load}{suffix}"
         duration_s = max(
             self.plan.latency_duration_s,
             self.plan.latency_min_alerts / (load * self.flagged_rate),
@@ -401,8 +436,8 @@ class Harness:
             "drain_s": round(measurement.wall_s, 2),
             "peak_rss_mb": round(measurement.peak_rss_mb, 1),
         }
-        measured_as = "stream-scorer" if contender == TUNED_VARIANT else contender
-        throughput = self.results.get("throughput", {}).get(measured_as, {}).get("events_per_s")
+        if throughput is None:
+            throughput = self.results.get("throughput", {}).get(contender, {}).get("events_per_s")
         row["saturated"] = bool(measurement.timed_out or (throughput and throughput < load))
         if len(lat):
             row.update(
@@ -478,10 +513,7 @@ class Harness:
     def latency(self) -> None:
         """Every contender at every offered load."""
         self.results["latency"] = {}
-        contenders = list(self.plan.contenders)
-        if "stream-scorer" in contenders:
-            contenders.insert(1, TUNED_VARIANT)
-        for contender in contenders:
+        for contender in self.plan.contenders:
             runs: dict[str, Any] = {}
             for load in self.plan.loads:
                 self._say(f"latency: {contender} at {load:,} events/s")
@@ -494,6 +526,47 @@ class Harness:
                         + (" (saturated)" if row["saturated"] else "")
                     )
             self.results["latency"][contender] = runs
+
+    def pipelining(self) -> None:
+        """Pipelined against barrier delivery, in alternating rounds: throughput, then latency.
+
+        One run of each per round, the order swapped every round (bench/alternate.py), each run
+        from scratch (own group, topics, process). Throughput runs read the whole data set;
+        latency runs are the latency phase's, at every offered load.
+        """
+        a, b = PIPELINED_VARIANT, BARRIER_VARIANT
+        rounds = self.plan.ab_rounds
+        order = run_order(rounds, a, b)
+        runs: dict[str, Any] = {"throughput": {a: [None] * rounds, b: [None] * rounds}}
+        for i, variant in order:
+            self._say(f"pipelining: throughput, round {i + 1}/{rounds}, {variant}")
+            measurement, _, _ = self._throughput_run(variant, f"ab{i}-tp-{variant}")
+            runs["throughput"][variant][i] = measurement.as_dict()
+            self._say(f"  {measurement.events_per_s:,.0f} events/s")
+        rates = {v: [r["events_per_s"] for r in runs["throughput"][v]] for v in (a, b)}
+        summary: dict[str, Any] = {
+            "variants": {v: VARIANT_OVERRIDES[v] for v in (a, b)},
+            "rounds": rounds,
+            "order": [f"{i + 1}:{v}" for i, v in order],
+            "throughput_events_per_s": compare(a, b, rates[a], rates[b], "higher"),
+        }
+        for load in self.plan.loads:
+            rows: dict[str, list[Any]] = {a: [None] * rounds, b: [None] * rounds}
+            for i, variant in order:
+                self._say(f"pipelining: latency at {load:,}/s, round {i + 1}/{rounds}, {variant}")
+                median_rate = summary["throughput_events_per_s"][variant]["median"]
+                row = self._latency_run(variant, load, f"-ab{i}", median_rate)
+                rows[variant][i] = row
+                if row["count"]:
+                    self._say(
+                        f"  p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms over "
+                        f"{row['count']} alerts"
+                    )
+            runs[f"latency_{load}"] = rows
+            for key in ("p50_ms", "p99_ms"):
+                values = {v: [r.get(key) for r in rows[v]] for v in (a, b)}
+                summary[f"{key[:-3]}_ms_at_{load}"] = compare(a, b, values[a], values[b], "lower")
+        self.results["pipelining"] = {"summary": summary, "runs": runs}
 
 
 def _scrape(url: str) -> dict[str, Any]:
@@ -625,7 +698,14 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--sweep-events", type=int, default=None, help="per sweep run (200000)")
     parser.add_argument("--run-timeout-s", type=float, default=900.0)
-    parser.add_argument("--skip", default="", help="phases to skip: sweep,scaling,latency,soak")
+    parser.add_argument(
+        "--skip", default="",
+        help="phases to skip: limits,throughput,sweep,scaling,latency,pipelining,soak",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ab-rounds", type=int, default=None,
+        help=f"rounds of pipelined against barrier ({DEFAULT_AB_ROUNDS}; quick 2)",
+    )  # fmt: skip
     parser.add_argument("--soak-s", type=float, default=None, help="soak length (300; quick 30)")
     parser.add_argument(
         "--publish", type=Path, default=None,
@@ -655,6 +735,11 @@ def _plan(args: argparse.Namespace) -> Plan:
         scaling="scaling" not in skip,
         latency="latency" not in skip,
         soak_s=0.0 if "soak" in skip else (args.soak_s or (30.0 if quick else 300.0)),
+        limits="limits" not in skip,
+        throughput="throughput" not in skip,
+        ab_rounds=(
+            0 if "pipelining" in skip else args.ab_rounds or (2 if quick else DEFAULT_AB_ROUNDS)
+        ),
     )
 
 
@@ -700,14 +785,18 @@ def main(argv: list[str] | None = None) -> int:
     results["config"] = {**asdict(plan), "batch_size": BATCH_SIZE, "warmup_s": WARMUP_S}
     try:
         harness.dataset()
-        _phase("limits", results, harness.limits)
-        _phase("throughput", results, harness.throughput)
+        if plan.limits:
+            _phase("limits", results, harness.limits)
+        if plan.throughput:
+            _phase("throughput", results, harness.throughput)
         if plan.sweep:
             _phase("sweep", results, harness.sweep)
         if plan.scaling:
             _phase("scaling", results, harness.scaling)
         if plan.latency:
             _phase("latency", results, harness.latency)
+        if plan.ab_rounds > 0:
+            _phase("pipelining", results, harness.pipelining)
         if plan.soak_s > 0:
             _phase("soak", results, harness.soak)
     finally:
