@@ -89,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
         help=".avro or .jsonl file (default: JSON lines on stdout)",
     )  # fmt: skip
 
+    top = sub.add_parser(
+        "top", help="live view of running instances from their /metrics (rates, lag, latency)"
+    )
+    top.add_argument(
+        "urls", nargs="+", metavar="URL", help="base URL of an instance, e.g. http://host:9400"
+    )
+    top.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
+    )
+    top.add_argument("--once", action="store_true", help="print one table and exit")
+
     dead_letters = sub.add_parser("dead-letters", help="dead-letter topic commands")
     dead_sub = dead_letters.add_subparsers(dest="dead_letters_command", required=True)
     replay = dead_sub.add_parser(
@@ -158,6 +169,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         configure_logging("error", "auto", cache=False)
         return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout)
+    if command == "top":
+        from stream_scorer.top import run_top  # noqa: PLC0415
+
+        if args.interval <= 0:
+            msg = f"--interval must be above 0, got {args.interval}"
+            raise ConfigurationError(msg)
+        try:
+            return run_top(args.urls, args.interval, sys.stdout, args.once)
+        except KeyboardInterrupt:
+            return EXIT_OK
     settings = _settings(args)
     configure_logging(settings.log.level, settings.log.format)
     if command in {"check", "config"}:
