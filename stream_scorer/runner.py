@@ -46,6 +46,10 @@ LOOP_STALL_S = 10.0
 READINESS_PROBE_INTERVAL_S = 2.0
 #: Kafka errors that mean the cluster cannot be reached (readiness).
 UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+#: Kafka errors that mean the cluster refuses this client (SASL credentials rejected, broker
+#: certificate not trusted, TLS handshake failed): librdkafka retries them for ever, logging
+#: each retry, but only a configuration change fixes them, so they stop the process.
+REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL)
 
 
 class Totals:
@@ -100,6 +104,8 @@ class Runner:
         self.metrics_server: MetricsServer | None = None
         #: Monotonic time the loop last started an iteration (read by the stall watchdog).
         self._iteration_at = time.monotonic()
+        #: Why the cluster refused this client, once it has (the loop then stops, exit 1).
+        self._refused: str | None = None
 
     @property
     def models(self) -> LiveModels:
@@ -128,6 +134,9 @@ class Runner:
 
     def on_kafka_error(self, error: KafkaError) -> None:
         """librdkafka error callback of both clients: readiness follows reachability."""
+        if error.code() in REFUSED and self._refused is None:
+            self._refused = f"kafka refused the connection: {error.str()}"
+            self._stop.set()
         if error.code() in UNREACHABLE:
             self._set_ready(False, "kafka unreachable")
 
@@ -154,6 +163,8 @@ class Runner:
             self._set_ready(True, "consuming")
             watchdog.start()
             self._loop()
+            if self._refused is not None:
+                raise FatalError(self._refused)
         except FatalError as exc:
             log.error("fatal_error", error=str(exc), error_type=type(exc).__name__)
             code = 1
