@@ -62,6 +62,21 @@ def secure_topics(make_secure_topic: MakeTopic) -> dict[str, str]:
     return stream_topics(make_secure_topic)
 
 
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets, asked again while the coordinator is still loading."""
+    offsets: dict[int, int] = {}
+
+    def fetched() -> bool:
+        try:
+            offsets.update(committed_offsets(bootstrap, group, topic))
+        except KafkaException:  # NOT_COORDINATOR: the broker's first group, offsets loading
+            return False
+        return True
+
+    wait_until(fetched, 30, f"the committed offsets of group {group}")
+    return offsets
+
+
 def kafka_section(
     secure: SecureKafka,
     protocol: str,
@@ -109,16 +124,13 @@ def test_end_to_end_through_a_secured_listener(
     ends = end_offsets(plain, secure_topics["input"])
     group = settings.kafka.group_id
 
-    def caught_up() -> bool:
-        try:
-            return committed_offsets(plain, group, secure_topics["input"]) == ends
-        except KafkaException:  # the session's first group: its coordinator is still loading
-            return False
-
     scorer = RunningScorer(settings)
     try:
         wait_until(
-            lambda: not scorer.thread.is_alive() or caught_up(),
+            lambda: (
+                not scorer.thread.is_alive()
+                or committed(plain, group, secure_topics["input"]) == ends
+            ),
             120,
             f"the scorer on {protocol} to commit {ends}",
         )
@@ -183,7 +195,7 @@ def test_wrong_password_exits_with_one_clear_error(
     assert "SASL authentication error" in fatal[0], fatal[0]
     assert wrong not in output
     assert secure_kafka.password not in output
-    assert committed_offsets(
+    assert committed(
         secure_kafka.plaintext, kafka_group(tmp_path), secure_topics["input"]
     ) == dict.fromkeys(end_offsets(secure_kafka.plaintext, secure_topics["input"]), -1001)
 
@@ -193,7 +205,8 @@ def test_untrusted_certificate_exits_with_one_clear_error(
     protocol: str, secure_kafka: SecureKafka, secure_topics: dict[str, str], tmp_path: Path
 ) -> None:
     """A broker certificate signed by a CA the client does not trust ends the CLI process
-    with exit code 1 within the bound, one line naming the certificate check, no flood."""
+    with exit code 1 within the bound, one line naming the certificate check, no flood, and
+    nothing committed."""
     other_ca = generate_tls_files(tmp_path / "other-ca").ca_pem
     kafka = kafka_section(secure_kafka, protocol, tmp_path, ca_pem=other_ca)
 
@@ -208,6 +221,9 @@ def test_untrusted_certificate_exits_with_one_clear_error(
     assert fatal[0].startswith("kafka refused the connection"), fatal[0]
     assert "certificate verify failed" in fatal[0], fatal[0]
     assert secure_kafka.password not in output
+    assert committed(
+        secure_kafka.plaintext, kafka_group(tmp_path), secure_topics["input"]
+    ) == dict.fromkeys(end_offsets(secure_kafka.plaintext, secure_topics["input"]), -1001)
 
 
 def kafka_group(tmp_path: Path) -> str:
