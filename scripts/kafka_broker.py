@@ -20,8 +20,20 @@ Python (tests import this module as ``scripts.kafka_broker``)::
     broker.bootstrap_servers               # "127.0.0.1:<port>"
     broker.stop()                          # data is kept: start() again reuses it
 
-Only the standard library is required; ``confluent_kafka`` is used for the readiness check
-when importable (a raw ApiVersions request is the fallback).
+    # TLS and SASL: extra SSL and SASL_SSL (SCRAM-SHA-512) listeners beside PLAINTEXT.
+    tls = generate_tls_files(tmp_dir / "tls")  # a CA and a broker keystore (needs cryptography)
+    broker = KafkaBroker(tmp_dir / "data", tls=tls, scram_users={"scorer": "s3cret"})
+    broker.bootstrap_ssl, broker.bootstrap_sasl_ssl
+
+Every fetched jar is checked against the SHA-256 list committed beside this script
+(``scripts/kafka-jars-<version>.sha256``); a jar that differs, is missing or is not listed
+fails the fetch and nothing is cached. ``python scripts/kafka_broker.py checksums`` writes the
+list for a new version (Maven's strict checksum mode checks each download against the
+``.sha1`` Maven Central publishes beside it; review the diff before committing it).
+
+Only the standard library is required for the PLAINTEXT broker (``cryptography`` for TLS
+material); ``confluent_kafka`` is used for the readiness check when importable (a raw
+ApiVersions request is the fallback).
 """
 
 from __future__ import annotations
@@ -31,7 +43,9 @@ import base64
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +55,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -51,17 +67,26 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_PORT",
     "KAFKA_VERSION",
+    "SCRAM_MECHANISM",
     "BrokerError",
     "KafkaBroker",
+    "TlsFiles",
     "build_java_command",
+    "checksum_path_for",
     "fetch",
     "find_free_ports",
     "generate_cluster_id",
+    "generate_tls_files",
+    "jar_checksums",
     "main",
+    "parse_checksums",
     "parse_properties",
+    "render_checksums",
     "render_log4j2_config",
     "render_properties",
+    "scram_format_args",
     "server_properties",
+    "verify_jars",
 ]
 
 # Apache Kafka release run by the harness: 4.1.1 is a current 4.x bug-fix release whose
@@ -81,8 +106,23 @@ DEFAULT_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
 # Interface everything binds to: loopback only, the broker is never reachable from outside.
 HOST = "127.0.0.1"
-# Written into <cache>/<version>/ after a successful fetch; its presence means "cached".
+# Written into <cache>/<version>/ after a fetch whose jars matched the committed checksum list;
+# it records that list's digest, so a cache verified against another list (or none) is checked
+# again before it is trusted.
 FETCH_MARKER = ".fetch-complete"
+# SHA-256 of every broker jar, one `<hex>  <file name>` line each (sha256sum's format), per
+# Kafka version; committed, so a tampered download or cache fails loudly.
+CHECKSUM_TEMPLATE = "kafka-jars-{version}.sha256"
+# The only SASL mechanism the secured listener enables: salted, iterated and never sending the
+# password (PLAIN would send it, inside TLS, to whoever holds the broker's certificate).
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# Listener names of the optional secured listeners (listener name = security protocol).
+SSL_LISTENER = "SSL"
+SASL_SSL_LISTENER = "SASL_SSL"
+# Test certificates live two days: long enough for any test session, short if one leaks.
+CERT_VALIDITY_DAYS = 2
+# RSA key size of the test CA and broker certificate (what Java and OpenSSL accept everywhere).
+RSA_KEY_BITS = 2048
 # Cold start on a 2-core machine is ~5-10 s; 90 s leaves room for a loaded CI runner.
 START_TIMEOUT_S = 90.0
 # Controlled shutdown of a single combined node takes a few seconds; then we SIGKILL.
@@ -176,28 +216,63 @@ def port_is_free(port: int, host: str = HOST) -> bool:
         return True
 
 
-def server_properties(port: int, controller_port: int, data_dir: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class TlsFiles:
+    """The TLS material of a secured test broker, as written by :func:`generate_tls_files`."""
+
+    ca_pem: Path
+    """The CA certificate (PEM) clients trust: ``ssl.ca.location``."""
+    keystore: Path
+    """PKCS#12 keystore with the broker's key and certificate chain."""
+    keystore_password: str
+    """Password of the keystore and of the key inside it."""
+
+
+def server_properties(
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    *,
+    secure_ports: tuple[int, int] | None = None,
+    tls: TlsFiles | None = None,
+) -> dict[str, str]:
     """Return the single-node KRaft broker+controller configuration.
 
     Args:
         port: Client (PLAINTEXT) port.
         controller_port: KRaft controller port.
         data_dir: Directory holding the KRaft log dir.
+        secure_ports: ``(ssl_port, sasl_ssl_port)``: add an SSL listener and a SASL_SSL
+            listener with SCRAM-SHA-512 beside PLAINTEXT (needs ``tls``).
+        tls: The broker's keystore, for the secured listeners.
 
     Returns:
         Property name to value, in the order written to ``server.properties``.
+
+    Raises:
+        ValueError: Secured ports without TLS material, or the reverse.
     """
+    if (secure_ports is None) != (tls is None):
+        msg = "secure_ports and tls go together"
+        raise ValueError(msg)
     log_dir = str(data_dir / KRAFT_LOG_DIR)
-    return {
+    client = {"PLAINTEXT": port}
+    if secure_ports is not None:
+        client[SSL_LISTENER], client[SASL_SSL_LISTENER] = secure_ports
+    advertised = ",".join(f"{name}://{HOST}:{p}" for name, p in client.items())
+    protocols = ",".join(f"{name}:{name}" for name in client)
+    props = {
         # KRaft combined mode: this one process is the whole cluster.
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"{HOST}:{controller_port}",
         "controller.listener.names": "CONTROLLER",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": f"{advertised},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": advertised,
+        # The broker talks to itself (and readiness probes talk to it) in PLAINTEXT, so
+        # the secured listeners change nothing for the default start path.
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": f"{protocols},CONTROLLER:PLAINTEXT",
         "log.dirs": log_dir,
         "metadata.log.dir": log_dir,
         # One replica of everything, internal topics included.
@@ -230,6 +305,141 @@ def server_properties(port: int, controller_port: int, data_dir: Path) -> dict[s
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         "log.retention.hours": "24",
     }
+    if tls is not None:
+        props.update({
+            # PKCS#12: the store type every Java 17 reads, with an encrypted key.
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(tls.keystore),
+            "ssl.keystore.password": tls.keystore_password,
+            "ssl.key.password": tls.keystore_password,
+            # Server authentication only: clients prove who they are with SCRAM, not certs.
+            "ssl.client.auth": "none",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            # SCRAM credentials live in the KRaft metadata (added at format time).
+            f"listener.name.{SASL_SSL_LISTENER.lower()}.{SCRAM_MECHANISM.lower()}"
+            ".sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule "
+            "required;",
+        })  # fmt: skip
+    return props
+
+
+def scram_format_args(users: Mapping[str, str]) -> list[str]:
+    """Return the ``kafka-storage format`` arguments that create SCRAM-SHA-512 users.
+
+    Args:
+        users: User name to password.
+
+    Returns:
+        ``--add-scram SCRAM-SHA-512=[name=...,password=...]`` pairs.
+
+    Raises:
+        ValueError: A name or password contains a character the tool's syntax reserves.
+    """
+    args: list[str] = []
+    for name, password in users.items():
+        # The tool splits on these; quoting rules differ between Kafka versions, so refuse.
+        if any(c in value for value in (name, password) for c in ',=[]"'):
+            msg = f'SCRAM user {name!r}: names and passwords must not contain , = [ ] or "'
+            raise ValueError(msg)
+        args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+    return args
+
+
+def generate_tls_files(
+    directory: Path,
+    hosts: tuple[str, ...] = (HOST, "localhost"),
+    *,
+    days: int = CERT_VALIDITY_DAYS,
+) -> TlsFiles:
+    """Create a fresh CA and a broker certificate it signs for ``hosts`` (needs cryptography).
+
+    Args:
+        directory: Where ``ca.pem`` and ``broker.p12`` are written (created if missing).
+        hosts: Subject alternative names of the broker: IP addresses and DNS names.
+        days: Validity of both certificates.
+
+    Returns:
+        The files and the keystore password (random, per call).
+    """
+    # Imported here: the PLAINTEXT broker needs only the standard library.
+    import ipaddress  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import pkcs12  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    # Backdated a little: the JVM and librdkafka must not see a certificate from the future.
+    not_before, not_after = now - timedelta(minutes=5), now + timedelta(days=days)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    ca_name = name(f"stream-scorer test CA {secrets.token_hex(4)}")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    alt_names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alt_names.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hosts[0]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    password = secrets.token_urlsafe(18)
+    ca_pem = directory / "ca.pem"
+    ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    keystore = directory / "broker.p12"
+    keystore.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"broker",
+            key,
+            cert,
+            [ca_cert],
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+    )
+    keystore.chmod(0o600)
+    return TlsFiles(ca_pem=ca_pem, keystore=keystore, keystore_password=password)
 
 
 def render_properties(props: Mapping[str, str], header: str = "") -> str:
@@ -362,68 +572,228 @@ def libs_dir_for(version: str = KAFKA_VERSION, cache_dir: Path = DEFAULT_CACHE_D
     return Path(cache_dir) / version / "libs"
 
 
+def checksum_path_for(version: str = KAFKA_VERSION) -> Path:
+    """Return the committed checksum list of ``version``'s jars.
+
+    Args:
+        version: Kafka version.
+
+    Returns:
+        ``scripts/kafka-jars-<version>.sha256`` (it may not exist for an unvetted version).
+    """
+    return REPO_ROOT / "scripts" / CHECKSUM_TEMPLATE.format(version=version)
+
+
+def jar_checksums(libs: Path) -> dict[str, str]:
+    """Return the SHA-256 of every jar in ``libs``.
+
+    Args:
+        libs: A jar directory.
+
+    Returns:
+        File name to lowercase hex digest, sorted by name.
+    """
+    sums: dict[str, str] = {}
+    for jar in sorted(Path(libs).glob("*.jar")):
+        digest = hashlib.sha256()
+        with jar.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        sums[jar.name] = digest.hexdigest()
+    return sums
+
+
+def render_checksums(sums: Mapping[str, str], header: str = "") -> str:
+    """Render a checksum list in ``sha256sum`` format (``sha256sum -c`` can check it too).
+
+    Args:
+        sums: File name to hex digest.
+        header: Optional comment line written first.
+
+    Returns:
+        The text, one ``<hex>  <name>`` line per file, sorted by name.
+    """
+    lines = [f"# {header}"] if header else []
+    lines.extend(f"{sums[name]}  {name}" for name in sorted(sums))
+    return "\n".join(lines) + "\n"
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """Parse a checksum list written by :func:`render_checksums`.
+
+    Args:
+        text: File text; ``#`` comments and blank lines are skipped.
+
+    Returns:
+        File name to lowercase hex digest.
+
+    Raises:
+        BrokerError: A line is not ``<64 hex digits>  <name>``, or a name repeats.
+    """
+    sums: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        digest, _, name = line.partition("  ")
+        digest = digest.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
+            msg = f"checksum list line {number} is not '<sha256 hex>  <file name>'"
+            raise BrokerError(msg)
+        if name in sums:
+            msg = f"checksum list line {number}: {name} is listed twice"
+            raise BrokerError(msg)
+        sums[name] = digest
+    return sums
+
+
+def verify_jars(libs: Path, expected: Mapping[str, str]) -> None:
+    """Check that ``libs`` holds exactly the listed jars, each with its listed SHA-256.
+
+    Args:
+        libs: The jar directory.
+        expected: File name to hex digest (from the committed list).
+
+    Raises:
+        BrokerError: A jar differs, is missing, or is not listed (every problem is named).
+    """
+    actual = jar_checksums(libs)
+    problems = [
+        f"{name}: sha256 {actual[name]}, expected {expected[name]}"
+        for name in sorted(actual.keys() & expected.keys())
+        if actual[name] != expected[name]
+    ]
+    problems += [f"{name}: missing" for name in sorted(expected.keys() - actual.keys())]
+    problems += [f"{name}: not in the list" for name in sorted(actual.keys() - expected.keys())]
+    if problems:
+        msg = f"Kafka jars in {libs} fail checksum verification:\n  " + "\n  ".join(problems)
+        raise BrokerError(msg)
+
+
+def _marker_text(version: str, expected: Mapping[str, str]) -> str:
+    # The digest of the list the jars were verified against: a changed list re-verifies.
+    digest = hashlib.sha256(render_checksums(expected).encode()).hexdigest()
+    return f"kafka_2.13 {version} verified sha256-list {digest}\n"
+
+
+def _run_maven(version: str, libs: Path, timeout_s: float) -> None:
+    """Copy the runtime jars of Kafka ``version`` into ``libs`` with Maven.
+
+    Raises:
+        BrokerError: Maven is missing, failed, or did not finish in time.
+    """
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        msg = "mvn not found: install Maven 3.6+ to fetch the Kafka broker jars"
+        raise BrokerError(msg)
+    shutil.rmtree(libs, ignore_errors=True)
+    cmd = [
+        mvn,
+        "-B",
+        "-q",
+        # Strict checksums: a download that does not match the .sha1/.md5 the repository
+        # publishes beside it fails (Maven only warns by default).
+        "-C",
+        "-f",
+        str(POM_PATH),
+        f"-Dkafka.version={version}",
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={libs}",
+    ]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        msg = f"mvn did not finish fetching Kafka {version} within {timeout_s:.0f} s"
+        raise BrokerError(msg) from exc
+    if result.returncode != 0 or not any(libs.glob(f"kafka_2.13-{version}.jar")):
+        msg = (
+            f"fetching Kafka {version} with Maven failed (exit {result.returncode}):\n"
+            f"{result.stdout[-4000:]}{result.stderr[-4000:]}"
+        )
+        raise BrokerError(msg)
+
+
 def fetch(
     version: str = KAFKA_VERSION,
     cache_dir: Path = DEFAULT_CACHE_DIR,
     *,
     timeout_s: float = FETCH_TIMEOUT_S,
+    checksums: Path | None = None,
+    verify: bool = True,
 ) -> Path:
-    """Fetch the Kafka broker jars from Maven Central unless already cached.
+    """Fetch the Kafka broker jars from Maven Central unless cached, and verify them.
 
-    Concurrent callers (e.g. pytest-xdist workers) serialise on a lock file; the cache is
-    only trusted once the marker file written after a successful copy exists.
+    Concurrent callers (e.g. pytest-xdist workers) serialise on a lock file. The cache is
+    trusted only while the marker written after a verified fetch names the current checksum
+    list; otherwise jars already cached are verified again (no download), and a fresh download
+    is verified before the marker is written. A jar that fails is never run: the jar directory
+    is removed and the error names every jar that differs.
 
     Args:
         version: Kafka version (``org.apache.kafka:kafka_2.13``).
         cache_dir: Cache root.
         timeout_s: Limit for the Maven run.
+        checksums: The checksum list; default :func:`checksum_path_for` ``(version)``.
+        verify: False only to create a checksum list: jars are fetched, nothing is marked
+            as verified (``start`` refuses them until a verified fetch).
 
     Returns:
         The directory holding the jars.
 
     Raises:
-        BrokerError: Maven is missing or failed.
+        BrokerError: The checksum list is missing or malformed, Maven is missing or failed,
+            or a jar does not match the list.
     """
     version_dir = Path(cache_dir) / version
     libs = libs_dir_for(version, cache_dir)
     marker = version_dir / FETCH_MARKER
-    if marker.is_file():
+    if not verify:
+        version_dir.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        with (version_dir / ".fetch.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _run_maven(version, libs, timeout_s)
+        return libs
+    list_path = checksums if checksums is not None else checksum_path_for(version)
+    try:
+        expected = parse_checksums(Path(list_path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        msg = (
+            f"no checksum list for Kafka {version} ({list_path}): write one with "
+            f"`kafka_broker.py --kafka-version {version} checksums` and review it"
+        )
+        raise BrokerError(msg) from exc
+    wanted = _marker_text(version, expected)
+
+    def is_verified() -> bool:
+        return marker.is_file() and marker.read_text() == wanted
+
+    if is_verified():
         return libs
     version_dir.mkdir(parents=True, exist_ok=True)
     with (version_dir / ".fetch.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():  # another process fetched while we waited
+        if is_verified():  # another process fetched while we waited
             return libs
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            msg = "mvn not found: install Maven 3.6+ to fetch the Kafka broker jars"
-            raise BrokerError(msg)
-        shutil.rmtree(libs, ignore_errors=True)
-        cmd = [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(POM_PATH),
-            f"-Dkafka.version={version}",
-            "dependency:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={libs}",
-        ]
+        marker.unlink(missing_ok=True)
+        if any(libs.glob("*.jar")):
+            # Cached before verification existed, or against another list: check, no download.
+            try:
+                verify_jars(libs, expected)
+            except BrokerError as exc:
+                print(f"kafka_broker.py: {exc}\nfetching them again", file=sys.stderr)
+                shutil.rmtree(libs, ignore_errors=True)  # fetched afresh and checked below
+            else:
+                marker.write_text(wanted)
+                return libs
+        _run_maven(version, libs, timeout_s)
         try:
-            result = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            msg = f"mvn did not finish fetching Kafka {version} within {timeout_s:.0f} s"
-            raise BrokerError(msg) from exc
-        if result.returncode != 0 or not any(libs.glob(f"kafka_2.13-{version}.jar")):
-            msg = (
-                f"fetching Kafka {version} with Maven failed (exit {result.returncode}):\n"
-                f"{result.stdout[-4000:]}{result.stderr[-4000:]}"
-            )
-            raise BrokerError(msg)
-        marker.write_text(f"kafka_2.13 {version}\n")
+            verify_jars(libs, expected)
+        except BrokerError:
+            shutil.rmtree(libs, ignore_errors=True)
+            raise
+        marker.write_text(wanted)
     return libs
 
 
@@ -537,6 +907,8 @@ class KafkaBroker:
         version: str = KAFKA_VERSION,
         cache_dir: Path | str = DEFAULT_CACHE_DIR,
         die_with_parent: bool = False,
+        tls: TlsFiles | None = None,
+        scram_users: Mapping[str, str] | None = None,
     ) -> None:
         """Describe a broker; nothing is started or fetched yet.
 
@@ -549,13 +921,29 @@ class KafkaBroker:
             cache_dir: Jar cache root.
             die_with_parent: SIGKILL the broker if the starting process dies (test
                 sessions set this so a crashed pytest leaves no JVM behind).
+            tls: When set, also serve an SSL listener and a SASL_SSL listener (SCRAM-SHA-512)
+                on free ports, with this keystore; PLAINTEXT stays as it is.
+            scram_users: SCRAM-SHA-512 users (name to password) created when the storage is
+                formatted, i.e. on the first start of a fresh data dir.
+
+        Raises:
+            ValueError: ``scram_users`` without ``tls`` (SCRAM is served on SASL_SSL only).
         """
+        if scram_users and tls is None:
+            msg = "scram_users need tls: SCRAM is served on the SASL_SSL listener only"
+            raise ValueError(msg)
         self.data_dir = Path(data_dir).resolve()
-        free = iter(find_free_ports(2))
+        free = iter(find_free_ports(5))
         self.port = port if port is not None else next(free)
         self.controller_port = controller_port if controller_port is not None else next(free)
         if self.port == self.controller_port:
             self.controller_port = next(free)
+        taken = {self.port, self.controller_port}
+        spare = (p for p in free if p not in taken)
+        self.tls = tls
+        self.scram_users = dict(scram_users or {})
+        #: ``(ssl_port, sasl_ssl_port)`` of the secured listeners, or None without ``tls``.
+        self.secure_ports = (next(spare), next(spare)) if tls is not None else None
         self.version = version
         self.cache_dir = Path(cache_dir)
         self.die_with_parent = die_with_parent
@@ -567,6 +955,23 @@ class KafkaBroker:
     def bootstrap_servers(self) -> str:
         """The client bootstrap address, ``127.0.0.1:<port>``."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def bootstrap_ssl(self) -> str:
+        """The SSL listener's address (``tls`` must be set)."""
+        return f"{HOST}:{self._secure_ports[0]}"
+
+    @property
+    def bootstrap_sasl_ssl(self) -> str:
+        """The SASL_SSL (SCRAM-SHA-512) listener's address (``tls`` must be set)."""
+        return f"{HOST}:{self._secure_ports[1]}"
+
+    @property
+    def _secure_ports(self) -> tuple[int, int]:
+        if self.secure_ports is None:
+            msg = "this broker has no secured listeners: pass tls=generate_tls_files(...)"
+            raise BrokerError(msg)
+        return self.secure_ports
 
     @property
     def libs_dir(self) -> Path:
@@ -642,7 +1047,13 @@ class KafkaBroker:
                     "port or use a fresh data dir"
                 )
                 raise BrokerError(msg)
-        props = server_properties(self.port, self.controller_port, self.data_dir)
+        props = server_properties(
+            self.port,
+            self.controller_port,
+            self.data_dir,
+            secure_ports=self.secure_ports,
+            tls=self.tls,
+        )
         server_path.write_text(
             render_properties(props, header="Written by scripts/kafka_broker.py")
         )
@@ -663,6 +1074,7 @@ class KafkaBroker:
         if self.is_formatted():
             return
         args = ["format", "-t", generate_cluster_id(), "-c", str(server_path), "--standalone"]
+        args += scram_format_args(self.scram_users)
         cmd = build_java_command(
             java,
             self.libs_dir,
@@ -693,7 +1105,7 @@ class KafkaBroker:
         if not (self.cache_dir / self.version / FETCH_MARKER).is_file():
             msg = f"Kafka {self.version} jars are not fetched: run `kafka_broker.py fetch`"
             raise BrokerError(msg)
-        for port in (self.port, self.controller_port):
+        for port in (self.port, self.controller_port, *(self.secure_ports or ())):
             if not port_is_free(port):
                 msg = f"port {HOST}:{port} is already in use; pick another --port"
                 raise BrokerError(msg)
@@ -863,7 +1275,13 @@ class KafkaBroker:
         """
         path = Path(data_dir) / SERVER_PROPERTIES
         props = parse_properties(path.read_text()) if path.is_file() else {}
-        port = int(props.get("advertised.listeners", f":{DEFAULT_PORT}").rpartition(":")[2])
+        # The PLAINTEXT entry: a secured broker advertises more listeners after it.
+        advertised = props.get("advertised.listeners", f"PLAINTEXT://:{DEFAULT_PORT}")
+        plaintext = next(
+            (entry for entry in advertised.split(",") if entry.startswith("PLAINTEXT://")),
+            f":{DEFAULT_PORT}",
+        )
+        port = int(plaintext.rpartition(":")[2])
         controller = props.get("controller.quorum.bootstrap.servers", f":{DEFAULT_CONTROLLER_PORT}")
         return cls(
             data_dir,
@@ -887,7 +1305,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kafka-version", default=KAFKA_VERSION, help="default: %(default)s")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="fetch the broker jars from Maven Central (cached)")
+    sub.add_parser("fetch", help="fetch the broker jars from Maven Central (cached, verified)")
+    sub.add_parser(
+        "checksums",
+        help="fetch afresh and write scripts/kafka-jars-<version>.sha256 (review before commit)",
+    )
     for name, text in (
         ("start", "start detached and wait until ready"),
         ("run", "run in the foreground until Ctrl-C"),
@@ -937,6 +1359,20 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             libs = fetch(args.kafka_version, args.cache_dir)
             print(f"Kafka {args.kafka_version} jars in {libs} ({time.monotonic() - started:.1f} s)")
+            return 0
+        if args.command == "checksums":
+            libs = fetch(args.kafka_version, args.cache_dir, verify=False)
+            sums = jar_checksums(libs)
+            path = checksum_path_for(args.kafka_version)
+            path.write_text(
+                render_checksums(
+                    sums,
+                    header=f"SHA-256 of the Kafka {args.kafka_version} broker jars "
+                    "(scripts/kafka_broker.py checksums)",
+                )
+            )
+            fetch(args.kafka_version, args.cache_dir)  # verifies what was just listed
+            print(f"{len(sums)} jars listed in {path}")
             return 0
         if args.command in ("start", "run"):
             broker = KafkaBroker(

@@ -376,6 +376,7 @@ def build_runner(
             on_complete,
             on_abort=metrics.transactions_aborted.inc,
             on_commit=metrics.observe_commit,
+            interrupted=lambda: runner.stop_requested,
         )
     else:
         delivery = AtLeastOnceDelivery(

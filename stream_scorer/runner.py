@@ -46,6 +46,10 @@ LOOP_STALL_S = 10.0
 READINESS_PROBE_INTERVAL_S = 2.0
 #: Kafka errors that mean the cluster cannot be reached (readiness).
 UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+#: Kafka errors that mean the cluster refuses this client (SASL credentials rejected, broker
+#: certificate not trusted, TLS handshake failed): librdkafka retries them for ever, logging
+#: each retry, but only a configuration change fixes them, so they stop the process.
+REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL)
 
 
 class Totals:
@@ -111,6 +115,8 @@ class Runner:
         self._progress_at = self._iteration_at
         #: Consumer lag per held partition, from librdkafka statistics.
         self._lag: dict[tuple[str, int], int] = {}
+        #: Why the cluster refused this client, once it has (the loop then stops, exit 1).
+        self._refused: str | None = None
 
     @property
     def models(self) -> LiveModels:
@@ -120,6 +126,11 @@ class Runner:
     def stop(self) -> None:
         """Ask the loop to finish the current batch and exit."""
         self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a stop was asked for (signal, refused connection, :meth:`stop`)."""
+        return self._stop.is_set()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         del frame
@@ -145,6 +156,9 @@ class Runner:
 
     def on_kafka_error(self, error: KafkaError) -> None:
         """librdkafka error callback of both clients: readiness follows reachability."""
+        if error.code() in REFUSED and self._refused is None:
+            self._refused = f"kafka refused the connection: {error.str()}"
+            self._stop.set()
         if error.code() in UNREACHABLE:
             self._set_ready(False, "kafka unreachable")
 
@@ -171,8 +185,11 @@ class Runner:
             self._set_ready(True, "consuming")
             watchdog.start()
             self._loop()
+            if self._refused is not None:
+                raise FatalError(self._refused)
         except FatalError as exc:
-            log.error("fatal_error", error=str(exc), error_type=type(exc).__name__)
+            # A refused connection is the cause of whatever failed after it: name it.
+            log.error("fatal_error", error=self._refused or str(exc), error_type=type(exc).__name__)
             code = 1
         finally:
             finished.set()

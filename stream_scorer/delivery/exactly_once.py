@@ -43,6 +43,7 @@ class ExactlyOnceDelivery:
         on_abort: Callable[[], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         on_commit: Callable[[str, float | None], None] | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         """Wire the strategy to a consumer and a transactional producer.
 
@@ -53,6 +54,8 @@ class ExactlyOnceDelivery:
             on_abort: Told of each aborted transaction (a metric).
             clock_ms: Wall clock in epoch ms, for end-to-end latency.
             on_commit: Told of each transaction commit: ``("ok", seconds)``.
+            interrupted: True once the runner was told to stop (a refused connection):
+                start() gives up initialising transactions then.
         """
         self._member = member
         self._publisher = publisher
@@ -60,6 +63,7 @@ class ExactlyOnceDelivery:
         self._on_abort = on_abort
         self._clock_ms = clock_ms
         self._on_commit = on_commit
+        self._interrupted = interrupted
         self._failures: list[str] = []
         self._pending = 0
 
@@ -75,7 +79,7 @@ class ExactlyOnceDelivery:
 
     def start(self) -> None:
         """Initialise transactions; fences a previous instance with the same id."""
-        self._publisher.init()
+        self._publisher.init(self._interrupted)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         self._pending -= 1

@@ -71,6 +71,8 @@ PRODUCER_OVERRIDES: dict[str, Any] = {
 QUEUE_FULL_POLL_S = 0.05
 #: Timeout for transactional control calls (init, commit, abort, send offsets).
 TXN_CALL_TIMEOUT_S = 30.0
+#: init_transactions is called in slices this long, so a refusal is noticed between them.
+INIT_SLICE_S = 1.0
 
 
 class TransactionAbortedError(PublishError):
@@ -181,17 +183,33 @@ class TransactionalPublisher(Publisher):
         super().__init__(config, flush_timeout_s)
         self.in_transaction = False
 
-    def init(self) -> None:
+    def init(self, interrupted: Callable[[], bool] = lambda: False) -> None:
         """Initialise transactions (fences a previous instance with the same id).
 
+        The call is made in slices of :data:`INIT_SLICE_S` (librdkafka resumes it after a
+        timeout), serving callbacks between them: a broker that refuses the credentials is
+        reported by the error callback, which sets ``interrupted``, within a slice instead of
+        after the whole :data:`TXN_CALL_TIMEOUT_S`.
+
         Raises:
-            FatalError: The transactional producer could not be initialised.
+            FatalError: The transactional producer could not be initialised, or ``interrupted``
+                said to stop.
         """
-        try:
-            self._producer.init_transactions(TXN_CALL_TIMEOUT_S)
-        except KafkaException as exc:
-            msg = f"cannot initialise transactions: {exc}"
-            raise FatalError(msg) from exc
+        deadline = time.monotonic() + TXN_CALL_TIMEOUT_S
+        while True:
+            try:
+                self._producer.init_transactions(INIT_SLICE_S)
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                self._producer.poll(0)  # serve the error callback: it may say why
+                if interrupted():
+                    msg = "cannot initialise transactions: stopped (see the error above)"
+                    raise FatalError(msg) from exc
+                if error.retriable() and time.monotonic() < deadline:
+                    continue
+                msg = f"cannot initialise transactions: {exc}"
+                raise FatalError(msg) from exc
+            return
 
     def begin(self) -> None:
         """Start the batch's transaction."""

@@ -4,26 +4,33 @@ The session uses ``KAFKA_BOOTSTRAP_SERVERS`` when set; otherwise it fetches and 
 repository's own Apache Kafka broker (``scripts/kafka_broker.py``) in a temporary data dir on
 free ports. If that broker cannot start, the fixtures fail loudly: nothing here skips.
 Every test under ``tests/integration/`` is marked ``integration``.
+
+Tests of TLS and SASL use :func:`secure_kafka`, a second session broker started only when such
+a test runs (always the repository's own, whatever ``KAFKA_BOOTSTRAP_SERVERS`` says): besides
+PLAINTEXT it serves SSL and SASL_SSL (SCRAM-SHA-512), with a CA and a broker certificate this
+session generates and one SCRAM user created when its storage is formatted.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from scripts.kafka_broker import KafkaBroker
+from scripts.kafka_broker import KafkaBroker, TlsFiles, generate_tls_files
 
 from .helpers import stream_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["MakeTopic"]
+__all__ = ["MakeTopic", "SecureKafka"]
 
 # Environment variable naming an external cluster to test against instead of our broker.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
@@ -110,9 +117,70 @@ def wait_for_topics(
         time.sleep(POLL_INTERVAL_S)
 
 
+@dataclass(frozen=True)
+class SecureKafka:
+    """The session's secured broker: its three client listeners and the credentials."""
+
+    broker: KafkaBroker
+    tls: TlsFiles
+    username: str
+    """The SCRAM-SHA-512 user created at format time."""
+    password: str
+    """That user's password (random per session)."""
+
+    @property
+    def plaintext(self) -> str:
+        """PLAINTEXT listener: the tests' own producers, readers and admin use it."""
+        return self.broker.bootstrap_servers
+
+    @property
+    def ssl(self) -> str:
+        """SSL listener (server-authenticated TLS)."""
+        return self.broker.bootstrap_ssl
+
+    @property
+    def sasl_ssl(self) -> str:
+        """SASL_SSL listener (SCRAM-SHA-512 inside TLS)."""
+        return self.broker.bootstrap_sasl_ssl
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A second broker with SSL and SASL_SSL listeners, started for the tests that need it."""
+    root = tmp_path_factory.mktemp("kafka-secure")
+    tls = generate_tls_files(root / "tls")
+    username, password = "scorer", secrets.token_urlsafe(16)
+    broker = KafkaBroker(
+        root / "data", die_with_parent=True, tls=tls, scram_users={username: password}
+    )
+    broker.fetch()
+    broker.start()
+    try:
+        yield SecureKafka(broker, tls, username, password)
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_admin(secure_kafka: SecureKafka) -> AdminClient:
+    """An AdminClient on the secured broker's PLAINTEXT listener."""
+    return AdminClient({"bootstrap.servers": secure_kafka.plaintext})
+
+
+@pytest.fixture
+def make_secure_topic(secure_admin: AdminClient) -> Iterator[MakeTopic]:
+    """Like ``make_topic``, on the secured broker."""
+    yield from _topic_factory(secure_admin)
+
+
 @pytest.fixture
 def make_topic(admin: AdminClient) -> Iterator[MakeTopic]:
     """Factory creating uniquely named topics, deleted after the test."""
+    yield from _topic_factory(admin)
+
+
+def _topic_factory(admin: AdminClient) -> Iterator[MakeTopic]:
+    """Yield a topic factory on ``admin``'s cluster; delete what it made afterwards."""
     created: list[str] = []
 
     def _make(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:

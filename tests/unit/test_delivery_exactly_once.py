@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_scorer.consume import MessageBatch
 from stream_scorer.delivery.exactly_once import ExactlyOnceDelivery
-from stream_scorer.delivery.publish import TransactionAbortedError
-from stream_scorer.errors import PublishError
+from stream_scorer.delivery.publish import TransactionAbortedError, TransactionalPublisher
+from stream_scorer.errors import FatalError, PublishError
 from stream_scorer.records import BatchOutput, BatchResult, Header, SourceRecord
 
 NOW_MS = 1_767_225_700_000
@@ -80,7 +80,7 @@ class FakeTransactionalPublisher:
         self.abort_next_commit = False
         self.in_transaction = False
 
-    def init(self) -> None:
+    def init(self, interrupted: Any = None) -> None:
         """Record the call."""
         self.calls.append("init")
 
@@ -230,3 +230,53 @@ def test_fatal_stop_aborts_the_open_transaction(make: Make) -> None:
     assert publisher.calls[-1] == "abort"
     delivery.close(clean=True)
     assert publisher.calls[-1] == "close"
+
+
+class SlicedProducer:
+    """init_transactions times out ``timeouts`` times, then succeeds; counts polls."""
+
+    def __init__(self, timeouts: int) -> None:
+        """Script the timeouts."""
+        self.timeouts = timeouts
+        self.calls = 0
+        self.polls = 0
+
+    def init_transactions(self, timeout_s: float) -> None:
+        """Time out (retriable) or succeed."""
+        self.calls += 1
+        assert timeout_s <= 1.0
+        if self.calls <= self.timeouts:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, retriable=True))
+
+    def poll(self, timeout_s: float) -> int:
+        """Serve callbacks."""
+        self.polls += 1
+        return 0
+
+
+def _publisher(producer: SlicedProducer) -> TransactionalPublisher:
+    publisher = TransactionalPublisher(
+        {"transactional.id": "t", "bootstrap.servers": "127.0.0.1:1"}
+    )
+    publisher._producer = producer  # type: ignore[assignment]
+    return publisher
+
+
+def test_init_transactions_is_resumed_in_slices() -> None:
+    """A slice that times out is resumed, serving callbacks in between, until it succeeds."""
+    producer = SlicedProducer(timeouts=3)
+
+    _publisher(producer).init()
+
+    assert (producer.calls, producer.polls) == (4, 3)
+
+
+def test_init_transactions_stops_when_interrupted() -> None:
+    """Once the error callback has asked to stop (refused credentials), init gives up at the
+    next slice instead of waiting out the whole timeout."""
+    producer = SlicedProducer(timeouts=1000)
+
+    with pytest.raises(FatalError, match="stopped"):
+        _publisher(producer).init(interrupted=lambda: producer.calls >= 2)
+
+    assert producer.calls == 2

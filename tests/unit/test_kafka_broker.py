@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from scripts import kafka_broker as kb
 
@@ -100,19 +104,160 @@ def test_java_command_runs_main_class_from_cached_jars(tmp_path: Path) -> None:
     assert cmd[-2:] == ["kafka.Kafka", "server.properties"]
 
 
-def test_fetch_is_skipped_when_marker_exists(
+def fake_jars(libs: Path, contents: dict[str, bytes]) -> dict[str, str]:
+    """Write jars with the given bytes; return their checksum list."""
+    libs.mkdir(parents=True, exist_ok=True)
+    for name, data in contents.items():
+        (libs / name).write_bytes(data)
+    return {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+
+
+def no_maven(*args: object, **kwargs: object) -> None:
+    """Stand-in for subprocess.run that fails the test if Maven is started."""
+    pytest.fail("mvn must not run for a cached, verified version")
+
+
+def test_fetch_is_skipped_when_verified_marker_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cached version is not fetched again (Maven is never run)."""
-    (tmp_path / "9.9.9").mkdir()
-    (tmp_path / "9.9.9" / kb.FETCH_MARKER).write_text("done\n")
-
-    def no_maven(*args: object, **kwargs: object) -> None:
-        pytest.fail("mvn must not run for a cached version")
-
+    """A cached version verified against the current list is not fetched again."""
+    sums = fake_jars(tmp_path / "9.9.9" / "libs", {"a.jar": b"a"})
+    checksums = tmp_path / "list.sha256"
+    checksums.write_text(kb.render_checksums(sums))
+    assert kb.fetch("9.9.9", tmp_path, checksums=checksums) == tmp_path / "9.9.9" / "libs"
     monkeypatch.setattr(subprocess, "run", no_maven)
 
-    assert kb.fetch("9.9.9", tmp_path) == tmp_path / "9.9.9" / "libs"
+    assert kb.fetch("9.9.9", tmp_path, checksums=checksums) == tmp_path / "9.9.9" / "libs"
+
+
+def test_cached_jars_that_fail_verification_are_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache marked by an older, unverified fetch is checked; a tampered jar is deleted and
+    the fresh download (here: the same tampered bytes) fails loudly, leaving no marker."""
+    libs = tmp_path / "9.9.9" / "libs"
+    sums = fake_jars(libs, {"kafka_2.13-9.9.9.jar": b"genuine", "b.jar": b"b"})
+    checksums = tmp_path / "list.sha256"
+    checksums.write_text(kb.render_checksums(sums))
+    (tmp_path / "9.9.9" / kb.FETCH_MARKER).write_text("kafka_2.13 9.9.9\n")  # pre-checksum marker
+    (libs / "kafka_2.13-9.9.9.jar").write_bytes(b"tampered")
+
+    def tampered_maven(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        assert "-C" in cmd, "Maven runs with strict checksums"
+        fake_jars(libs, {"kafka_2.13-9.9.9.jar": b"tampered", "b.jar": b"b"})
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/mvn")
+    monkeypatch.setattr(subprocess, "run", tampered_maven)
+
+    with pytest.raises(
+        kb.BrokerError, match=r"kafka_2\.13-9\.9\.9\.jar: sha256 [0-9a-f]{64}, expected"
+    ):
+        kb.fetch("9.9.9", tmp_path, checksums=checksums)
+    assert not (tmp_path / "9.9.9" / kb.FETCH_MARKER).exists()
+    assert not libs.exists(), "refused jars are removed, so nothing can start them"
+    with pytest.raises(kb.BrokerError, match="not fetched"):
+        kb.KafkaBroker(tmp_path / "data", version="9.9.9", cache_dir=tmp_path).start(timeout_s=1)
+
+
+def test_verify_jars_names_every_problem(tmp_path: Path) -> None:
+    """A changed, a missing and an unlisted jar are each named; matching jars pass."""
+    sums = fake_jars(tmp_path, {"same.jar": b"1", "changed.jar": b"2", "extra.jar": b"3"})
+    expected = {"same.jar": sums["same.jar"], "changed.jar": "0" * 64, "gone.jar": "1" * 64}
+
+    with pytest.raises(kb.BrokerError) as info:
+        kb.verify_jars(tmp_path, expected)
+
+    text = str(info.value)
+    assert f"changed.jar: sha256 {sums['changed.jar']}, expected {'0' * 64}" in text
+    assert "gone.jar: missing" in text
+    assert "extra.jar: not in the list" in text
+    assert "same.jar" not in text
+    kb.verify_jars(tmp_path, sums)  # the true list passes
+
+
+def test_missing_checksum_list_refuses_to_fetch(tmp_path: Path) -> None:
+    """A version without a committed checksum list is not fetched at all."""
+    with pytest.raises(kb.BrokerError, match=r"no checksum list for Kafka 9\.9\.9"):
+        kb.fetch("9.9.9", tmp_path, checksums=tmp_path / "absent.sha256")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["abc  short.jar", f"{'g' * 64}  nothex.jar", f"{'a' * 64}", f"{'a' * 64} one-space.jar"],
+)
+def test_malformed_checksum_lines_are_errors(line: str) -> None:
+    """A line that is not '<64 hex>  <name>' makes the whole list invalid."""
+    with pytest.raises(kb.BrokerError, match="line 2"):
+        kb.parse_checksums(f"# header\n{line}\n")
+
+
+def test_checksums_round_trip_in_sha256sum_format() -> None:
+    """Rendered lists parse back, sorted by name, in the format sha256sum -c reads."""
+    sums = {"b.jar": "b" * 64, "a.jar": "a" * 64}
+
+    text = kb.render_checksums(sums, header="h")
+
+    assert text.splitlines()[1] == f"{'a' * 64}  a.jar"
+    assert kb.parse_checksums(text) == sums
+
+
+def test_committed_checksum_list_covers_the_pinned_version() -> None:
+    """The repository lists every jar of the pinned Kafka version, the server jar included."""
+    sums = kb.parse_checksums(kb.checksum_path_for(kb.KAFKA_VERSION).read_text())
+
+    assert f"kafka_2.13-{kb.KAFKA_VERSION}.jar" in sums
+    assert f"kafka-clients-{kb.KAFKA_VERSION}.jar" in sums
+    assert len(sums) > 30
+
+
+def test_secured_listeners_are_added_beside_plaintext(tmp_path: Path) -> None:
+    """With TLS material the broker also serves SSL and SASL_SSL with SCRAM-SHA-512 only,
+    while PLAINTEXT stays the inter-broker listener."""
+    tls = kb.TlsFiles(tmp_path / "ca.pem", tmp_path / "b.p12", "pw")
+
+    props = kb.server_properties(1, 2, tmp_path, secure_ports=(3, 4), tls=tls)
+
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:1,SSL://127.0.0.1:3,SASL_SSL://127.0.0.1:4,CONTROLLER://127.0.0.1:2"
+    )
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:1,SSL://127.0.0.1:3,SASL_SSL://127.0.0.1:4"
+    )
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["ssl.keystore.location"] == str(tmp_path / "b.p12")
+    assert "ScramLoginModule" in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    plain = kb.server_properties(1, 2, tmp_path)
+    assert not any(key.startswith(("ssl.", "sasl.")) for key in plain)
+    with pytest.raises(ValueError, match="go together"):
+        kb.server_properties(1, 2, tmp_path, secure_ports=(3, 4))
+
+
+def test_scram_users_become_format_arguments() -> None:
+    """Each SCRAM user is one --add-scram argument; reserved characters are refused."""
+    assert kb.scram_format_args({"u": "p"}) == ["--add-scram", "SCRAM-SHA-512=[name=u,password=p]"]
+    with pytest.raises(ValueError, match="must not contain"):
+        kb.scram_format_args({"u": "p,w"})
+
+
+def test_generated_certificate_is_signed_for_loopback(tmp_path: Path) -> None:
+    """The broker certificate chains to the generated CA and names 127.0.0.1 and localhost."""
+    tls = kb.generate_tls_files(tmp_path)
+
+    ca = x509.load_pem_x509_certificate(tls.ca_pem.read_bytes())
+    key, cert, chain = pkcs12.load_key_and_certificates(
+        tls.keystore.read_bytes(), tls.keystore_password.encode()
+    )
+    assert key is not None and cert is not None
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [c.subject for c in chain] == [ca.subject]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    with pytest.raises(ValueError):
+        pkcs12.load_key_and_certificates(tls.keystore.read_bytes(), b"wrong")
 
 
 def test_broker_picks_distinct_free_ports(tmp_path: Path) -> None:
@@ -151,3 +296,29 @@ def test_from_data_dir_reads_recorded_ports(tmp_path: Path) -> None:
     broker = kb.KafkaBroker.from_data_dir(tmp_path)
 
     assert (broker.port, broker.controller_port) == (29092, 29093)
+
+
+def test_from_data_dir_finds_plaintext_among_secured_listeners(tmp_path: Path) -> None:
+    """A secured broker's data dir still yields its PLAINTEXT port, not the last listener's."""
+    tls = kb.TlsFiles(tmp_path / "ca.pem", tmp_path / "b.p12", "pw")
+    props = kb.server_properties(29092, 29093, tmp_path, secure_ports=(29094, 29095), tls=tls)
+    (tmp_path / kb.SERVER_PROPERTIES).write_text(kb.render_properties(props))
+
+    broker = kb.KafkaBroker.from_data_dir(tmp_path)
+
+    assert (broker.port, broker.controller_port) == (29092, 29093)
+
+
+def test_secured_broker_gets_five_distinct_ports(tmp_path: Path) -> None:
+    """With TLS the broker picks distinct free ports for SSL and SASL_SSL as well."""
+    tls = kb.TlsFiles(tmp_path / "ca.pem", tmp_path / "b.p12", "pw")
+
+    broker = kb.KafkaBroker(tmp_path, tls=tls, scram_users={"u": "p"})
+
+    assert broker.secure_ports is not None
+    assert len({broker.port, broker.controller_port, *broker.secure_ports}) == 4
+    assert broker.bootstrap_ssl == f"127.0.0.1:{broker.secure_ports[0]}"
+    with pytest.raises(kb.BrokerError, match="no secured listeners"):
+        _ = kb.KafkaBroker(tmp_path).bootstrap_sasl_ssl
+    with pytest.raises(ValueError, match="need tls"):
+        kb.KafkaBroker(tmp_path, scram_users={"u": "p"})

@@ -249,3 +249,24 @@ def test_liveness_fails_when_events_wait_and_no_batch_completes() -> None:
     runner.check_progress()
     assert not runner.health.live
     assert runner.health.live_reason == "no progress while events wait"
+
+
+@pytest.mark.parametrize("code", [KafkaError._AUTHENTICATION, KafkaError._SSL])
+def test_refused_credentials_or_certificate_stop_with_exit_1(code: int) -> None:
+    """A broker refusing the credentials or the certificate stops the loop at once with exit
+    1 and the cause, instead of retrying forever and flooding the log."""
+    runner, calls, consumer, _ = make_runner([records(2)] * 1000)
+    consumer.after_last = lambda: None
+    real_poll = consumer.poll_batch
+
+    def refused_after_first() -> MessageBatch:
+        batch = real_poll()
+        runner.on_kafka_error(KafkaError(code, "SASL authentication error: bad password"))
+        return batch
+
+    consumer.poll_batch = refused_after_first  # type: ignore[method-assign]
+
+    assert runner.run() == 1
+    assert runner.stop_requested
+    assert calls.count("consume") == 1
+    assert calls[-2:] == ["close delivery clean=False", "close consumer"]
