@@ -16,7 +16,13 @@ import numpy as np
 import structlog
 
 from stream_scorer import __version__
-from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, fingerprint, frame_body
+from stream_scorer.decode import (
+    AvroDecoder,
+    ColumnarAvroDecoder,
+    Framing,
+    fingerprint,
+    frame_body,
+)
 from stream_scorer.encode import AlertEncoder
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.featurize import FeatureBuilder, ModelInputs
@@ -75,8 +81,9 @@ def build_decoder(
 ) -> ColumnarAvroDecoder | AvroDecoder:
     """The decoder for the configured wire format and decoder kind."""
     writers = [load_schema(path, "schema.writers") for path in settings.schema_.writers]
+    framing = Framing(reader, settings.schema_.wire_format, writers, registry)
     kind = ColumnarAvroDecoder if settings.schema_.decoder == "columnar" else AvroDecoder
-    return kind(reader, settings.schema_.wire_format, writers, registry)
+    return kind(framing)
 
 
 def _canary_value(avro_type: Any) -> Any:

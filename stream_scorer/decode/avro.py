@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import fastavro
 from fastavro.read import SchemaResolutionError
 
-from stream_scorer.decode.framing import Framing, SchemaSource, WireFormat, Writer
+from stream_scorer.decode.framing import Framing, Writer
 from stream_scorer.errors import DecodeError
 from stream_scorer.records import DecodedBatch, Event, Rejected, SourceRecord
 
@@ -62,17 +62,11 @@ def read_body(value: bytes, start: int, writer: Writer, reader: Any) -> dict[str
 class AvroDecoder:
     """Decodes whole events in one wire format against one reader schema, with fastavro."""
 
-    def __init__(
-        self,
-        reader_schema: Mapping[str, Any],
-        wire_format: WireFormat,
-        writer_schemas: Sequence[Mapping[str, Any]] = (),
-        registry: SchemaSource | None = None,
-    ) -> None:
-        """Parse the schemas once (see :class:`~stream_scorer.decode.framing.Framing`)."""
-        self.framing = Framing(reader_schema, wire_format, writer_schemas, registry)
-        self.wire_format = wire_format
-        self._reader = fastavro.parse_schema(dict(reader_schema))
+    def __init__(self, framing: Framing) -> None:
+        """Parse the reader schema once; ``framing`` finds each value's writer."""
+        self.framing = framing
+        self.wire_format = framing.wire_format
+        self._reader = fastavro.parse_schema(dict(framing.reader_schema))
 
     def decode_value(self, value: bytes | None) -> tuple[dict[str, Any], int]:
         """Decode one framed value to the reader schema's fields and the writer's id.

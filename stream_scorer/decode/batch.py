@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from stream_scorer.decode.avro import read_body
 from stream_scorer.decode.columnar import ColumnarDecoder
-from stream_scorer.decode.framing import Framing, SchemaSource, WireFormat, Writer
+from stream_scorer.decode.framing import Framing, Writer
 from stream_scorer.errors import DecodeError
 from stream_scorer.records import (
     DecodedBatch,
@@ -45,18 +45,12 @@ _Group = tuple[Writer, list[int], list[bytes]]
 class ColumnarAvroDecoder:
     """Decodes the fields a model binds, for a whole micro-batch at once."""
 
-    def __init__(
-        self,
-        reader_schema: Mapping[str, Any],
-        wire_format: WireFormat,
-        writer_schemas: Sequence[Mapping[str, Any]] = (),
-        registry: SchemaSource | None = None,
-    ) -> None:
+    def __init__(self, framing: Framing) -> None:
         """Parse the reader schema once; writers are compiled as they are first seen."""
-        self.framing = Framing(reader_schema, wire_format, writer_schemas, registry)
-        self.wire_format = wire_format
-        self._reader_schema = dict(reader_schema)
-        self._reader = fastavro.parse_schema(dict(reader_schema))
+        self.framing = framing
+        self.wire_format = framing.wire_format
+        self._reader_schema = dict(framing.reader_schema)
+        self._reader = fastavro.parse_schema(dict(framing.reader_schema))
         # Compiled decoders by (writer id, fields); a ValueError string when they cannot be.
         self._compiled: dict[tuple[int, tuple[str, ...]], ColumnarDecoder | str] = {}
 

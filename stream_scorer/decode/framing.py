@@ -109,7 +109,11 @@ def _parse(schema: Mapping[str, Any], what: str) -> Any:
 
 
 class Framing:
-    """Parses headers of one wire format and finds the writer schema each value names."""
+    """Parses headers of one wire format and finds the writer schema each value names.
+
+    Built once (by the composition root) and handed to every decoder, so the writers it has
+    fetched or parsed are shared by them.
+    """
 
     def __init__(
         self,
@@ -133,6 +137,8 @@ class Framing:
         if wire_format == "confluent" and registry is None:
             msg = "the confluent wire format needs a schema registry"
             raise ValueError(msg)
+        #: The schema every decoder handed this framing reads events as.
+        self.reader_schema: Mapping[str, Any] = reader_schema
         self.wire_format: WireFormat = wire_format
         self._registry = registry
         # Writers keyed by what the header names: registry id, fingerprint, or 0 for plain.

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_scorer.app import build_alert_encoder, build_decoder, load_model, load_schema
-from stream_scorer.decode import AvroDecoder, frame_body
+from stream_scorer.decode import AvroDecoder, Framing, frame_body
 from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.records import Header, SourceRecord
@@ -135,7 +135,7 @@ def pipeline_for(wire_format: str) -> tuple[AvroDecoder, Pipeline, RecordingSink
     if wire_format not in _PIPELINES:
         config = fuzz_settings(wire_format)
         registry = FakeRegistry() if wire_format == "confluent" else None
-        reference = AvroDecoder(READER, wire_format, (), registry)  # type: ignore[arg-type]
+        reference = AvroDecoder(Framing(READER, wire_format, (), registry))  # type: ignore[arg-type]
         sink = RecordingSink()
         pipeline = Pipeline(
             build_decoder(config, READER, registry),  # type: ignore[arg-type]
