@@ -23,6 +23,8 @@ from typing import Any, Literal, Protocol
 import fastavro
 import fastavro.schema
 
+from stream_scorer.decode.columnar.schema import check_finite
+from stream_scorer.decode.limits import SchemaLimitError, check_schema
 from stream_scorer.errors import DecodeError, FatalError
 from stream_scorer.registry import RegistryError, SchemaNotFoundError
 
@@ -101,11 +103,25 @@ def frame_body(
 
 
 def _parse(schema: Mapping[str, Any], what: str) -> Any:
+    """fastavro's parse of a writer schema, after the depth and size limits.
+
+    Raises:
+        DecodeError: Not a valid Avro schema, over a limit, or too deep or large for the
+            interpreter (RecursionError, MemoryError: never past here).
+    """
     try:
-        return fastavro.parse_schema(dict(schema))
+        check_schema(schema, what)
+        parsed = fastavro.parse_schema(dict(schema))
+        check_finite(schema)
+    except SchemaLimitError as exc:
+        raise DecodeError(str(exc)) from exc
     except (fastavro.schema.SchemaParseException, ValueError, KeyError, TypeError) as exc:
         msg = f"{what} is not a valid Avro schema: {exc}"
         raise DecodeError(msg) from exc
+    except (RecursionError, MemoryError) as exc:
+        msg = f"{what} cannot be parsed: {type(exc).__name__}"
+        raise DecodeError(msg) from exc
+    return parsed
 
 
 class Framing:
@@ -143,6 +159,8 @@ class Framing:
         self._registry = registry
         # Writers keyed by what the header names: registry id, fingerprint, or 0 for plain.
         self._writers: dict[int, Writer] = {}
+        # Registry ids whose schema cannot be used, and why (their records are rejected).
+        self._unusable: dict[int, str] = {}
         if wire_format == "plain":
             schema = writer_schemas[0] if writer_schemas else reader_schema
             self._writers[PLAIN_WRITER_ID] = Writer(
@@ -179,9 +197,12 @@ class Framing:
     def _split_confluent(self, value: bytes | None) -> tuple[Writer, int]:
         value = self._present(value)
         if len(value) < CONFLUENT_HEADER_LEN or value[0] != CONFLUENT_MAGIC:
-            msg = (
-                f"not Confluent wire format: expected magic byte 0 and a 4-byte schema id, "
-                f"got {value[:CONFLUENT_HEADER_LEN].hex() or 'nothing'}"
+            # Never the bytes themselves: they may be the start of personal data (issue 12,
+            # finding 5). What was wrong is enough to act on.
+            msg = "not Confluent wire format: expected magic byte 0 and a 4-byte schema id, " + (
+                f"got {len(value)} bytes"
+                if len(value) < CONFLUENT_HEADER_LEN
+                else "the first byte is not 0"
             )
             raise DecodeError(msg)
         (schema_id,) = struct.unpack_from(">I", value, 1)
@@ -192,24 +213,45 @@ class Framing:
 
     def _fetch_writer(self, schema_id: int) -> Writer:
         assert self._registry is not None  # noqa: S101 - checked in __init__
+        known_bad = self._unusable.get(schema_id)
+        if known_bad is not None:
+            raise DecodeError(known_bad)
         try:
             schema = self._registry.schema_by_id(schema_id)
         except SchemaNotFoundError as exc:
             msg = f"unknown schema id {schema_id}: {exc}"
             raise DecodeError(msg) from exc
         except RegistryError as exc:
+            # The source says it cannot answer at all (an outage): no record is to blame.
             msg = f"cannot fetch writer schema {schema_id}: {exc}"
             raise FatalError(msg) from exc
-        writer = Writer(schema_id, schema, _parse(schema, f"schema id {schema_id}"))
+        except Exception as exc:
+            # E.g. RecursionError from the JSON parse of a 2,000-deep schema (issue 12,
+            # finding 2), MemoryError, a client bug: the records that name this id are
+            # dead-lettered, the batch goes on. Not cached: the source's own cache decides.
+            msg = f"cannot obtain writer schema {schema_id}: {type(exc).__name__}"
+            raise DecodeError(msg) from exc
+        if not isinstance(schema, Mapping):
+            msg = f"schema id {schema_id} is not an Avro record schema"
+            self._unusable[schema_id] = msg
+            raise DecodeError(msg)
+        try:
+            parsed = _parse(schema, f"schema id {schema_id}")
+        except DecodeError as exc:
+            # A schema that does not parse never will: remember why, fetch it no more.
+            self._unusable[schema_id] = exc.reason
+            raise
+        writer = Writer(schema_id, schema, parsed)
         self._writers[schema_id] = writer
         return writer
 
     def _split_single_object(self, value: bytes | None) -> tuple[Writer, int]:
         value = self._present(value)
         if len(value) < SINGLE_OBJECT_HEADER_LEN or value[:2] != SINGLE_OBJECT_MAGIC:
-            msg = (
-                "not Avro single-object encoding: expected C3 01 and an 8-byte fingerprint, "
-                f"got {value[:SINGLE_OBJECT_HEADER_LEN].hex() or 'nothing'}"
+            msg = "not Avro single-object encoding: expected C3 01 and an 8-byte fingerprint, " + (
+                f"got {len(value)} bytes"
+                if len(value) < SINGLE_OBJECT_HEADER_LEN
+                else "the first two bytes are not C3 01"
             )
             raise DecodeError(msg)
         (print_,) = struct.unpack_from("<Q", value, 2)

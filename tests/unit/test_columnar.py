@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from stream_scorer.decode import columnar
 from stream_scorer.decode.columnar import (
-    MAX_ZERO_BYTE_ITEMS,
+    MAX_RECORD_ITEMS,
     UNIQUE_MIN_ROWS,
     BytesColumn,
     ColumnarDecoder,
@@ -707,7 +707,7 @@ def test_zero_byte_item_bomb_is_rejected() -> None:
         "name": "Z",
         "fields": [{"name": "xs", "type": {"type": "array", "items": "null"}}],
     }
-    payload = _zz(MAX_ZERO_BYTE_ITEMS + 1) + b"\x00"
+    payload = _zz(MAX_RECORD_ITEMS + 1) + b"\x00"
     for fields in (None, []):
         batch = ColumnarDecoder(schema, fields=fields).decode([payload, _zz(3) + b"\x00"])
         assert batch.ok.tolist() == [False, True]

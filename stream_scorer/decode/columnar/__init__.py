@@ -61,15 +61,17 @@ from stream_scorer.decode.columnar.columns import (
 from stream_scorer.decode.columnar.nodes import PAD_BYTES
 from stream_scorer.decode.columnar.planner import ColumnarDecoder
 from stream_scorer.decode.limits import (
+    MAX_BATCH_ITEMS,
     MAX_INT_VARINT_BYTES,
     MAX_LONG_VARINT_BYTES,
-    MAX_ZERO_BYTE_ITEMS,
+    MAX_RECORD_ITEMS,
 )
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
     "MAX_INT_VARINT_BYTES",
     "MAX_LONG_VARINT_BYTES",
-    "MAX_ZERO_BYTE_ITEMS",
+    "MAX_RECORD_ITEMS",
     "PAD_BYTES",
     "UNIQUE_MAX_BYTES",
     "UNIQUE_MIN_ROWS",

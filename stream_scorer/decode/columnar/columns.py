@@ -387,9 +387,12 @@ class ColumnBatch:
         columns: One column per requested leaf field, in reader-schema order.
         ok: Per record: decoded cleanly.
         errors: Record index -> reason, for every record with ``ok`` False.
+        items: Array and map items the batch's records declared (counted against the item
+            budget, :mod:`stream_scorer.decode.limits`).
     """
 
     n: int
     columns: dict[str, Column]
     ok: NDArray[np.bool_]
     errors: dict[int, str]
+    items: int = 0

@@ -24,14 +24,46 @@ from stream_scorer.decode.columnar.schema import (
     _select_branch,
 )
 from stream_scorer.decode.limits import (
+    MAX_BATCH_ITEMS,
     MAX_INT_VARINT_BYTES,
     MAX_LONG_VARINT_BYTES,
-    MAX_ZERO_BYTE_ITEMS,
+    MAX_RECORD_ITEMS,
 )
 
 __all__: list[str] = []
 
-_PyRead = Callable[[bytes, int, int], tuple[Any, int]]
+_PyRead = Callable[[bytes, int, int, "_Budget"], tuple[Any, int]]
+
+#: Walks the blocks of one array or map from ``p``: ``(buf, p, end, budget, count, block_end,
+#: out_list, out_map) -> new_p``, where ``count`` items of the current block (ending at
+#: ``block_end``, -1 if unsized) are still to be read, 0 to start at a block header. Items
+#: are appended to ``out_list`` (arrays) or set in ``out_map`` (maps).
+_PyBlocks = Callable[[bytes, int, int, "_Budget", int, int, list[Any], dict[str, Any]], int]
+
+
+class _Budget:
+    """Array and map items one record, and the batch it is in, may still declare.
+
+    Handed down every per-record reader call (the readers are shared by all records and
+    threads, so the count cannot live in them); see :mod:`stream_scorer.decode.limits`.
+    """
+
+    __slots__ = ("batch", "record")
+
+    def __init__(self, record: int, batch: int) -> None:
+        self.record = record
+        self.batch = batch
+
+    def spend(self, count: int) -> None:
+        """Take ``count`` items from both budgets; raise when either is exceeded."""
+        self.record -= count
+        self.batch -= count
+        if self.record < 0:
+            msg = f"more than {MAX_RECORD_ITEMS} array/map items in one record (MAX_RECORD_ITEMS)"
+            raise _DecodeError(msg)
+        if self.batch < 0:
+            msg = f"batch item budget of {MAX_BATCH_ITEMS} spent (MAX_BATCH_ITEMS)"
+            raise _DecodeError(msg)
 
 
 class _DecodeError(Exception):
@@ -82,8 +114,8 @@ class _PyCompiler:
             return self._memo[key]
         cell: list[_PyRead] = []
 
-        def trampoline(b: bytes, p: int, e: int) -> tuple[Any, int]:
-            return cell[0](b, p, e)
+        def trampoline(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
+            return cell[0](b, p, e, g)
 
         self._memo[key] = trampoline
         try:
@@ -94,6 +126,62 @@ class _PyCompiler:
         cell.append(fn)
         self._memo[key] = fn
         return fn
+
+    def blocks(self, w: Any, r: Any) -> _PyBlocks:
+        """The block walker of an array or map type: see :data:`_PyBlocks`."""
+        is_map = w["type"] == "map"
+        part = "values" if is_map else "items"
+        item = self.reader(w[part], r[part])
+        key = self.reader({"type": "string"}, {"type": "string"})
+        min_item = _min_size(w[part]) + (1 if is_map else 0)
+
+        def run(
+            b: bytes,
+            p: int,
+            e: int,
+            g: _Budget,
+            count: int,
+            block_end: int,
+            out_l: list[Any],
+            out_m: dict[str, Any],
+        ) -> int:
+            while True:
+                if count and not min_item:
+                    # Zero-byte items (arrays only: a map item has a key): one value, read
+                    # once and repeated; nothing on the wire to walk per item.
+                    v, p = item(b, p, e, g)
+                    immutable = v is None or isinstance(v, bytes)
+                    out_l.append(v)
+                    out_l.extend(
+                        [v] * (count - 1)
+                        if immutable
+                        else (copy.deepcopy(v) for _ in range(count - 1))
+                    )
+                elif count:
+                    for _ in range(count):
+                        if is_map:
+                            k, p = key(b, p, e, g)
+                            out_m[k], p = item(b, p, e, g)
+                        else:
+                            v, p = item(b, p, e, g)
+                            out_l.append(v)
+                if count and block_end >= 0 and p != block_end:
+                    msg = "block byte size mismatch"
+                    raise _DecodeError(msg)
+                count, p = _py_varint(b, p, e, MAX_LONG_VARINT_BYTES)
+                block_end = -1
+                if count < 0:
+                    count = -count
+                    size, p = _py_varint(b, p, e, MAX_LONG_VARINT_BYTES)
+                    block_end = _py_take(p, e, size)
+                if count == 0:
+                    return p
+                if min_item and count > (e - p) // min_item:
+                    msg = "block item count beyond record end"
+                    raise _DecodeError(msg)
+                g.spend(count)
+
+        return run
 
     def _build(self, w: Any, r: Any) -> _PyRead:  # noqa: PLR0912, PLR0915
         if isinstance(w, list):
@@ -107,12 +195,12 @@ class _PyCompiler:
                 msg = "no writer union branch resolves against the reader type"
                 raise ValueError(msg)
 
-            def read_union(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_union(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 br, p = _py_varint(b, p, e, MAX_LONG_VARINT_BYTES)
                 if not 0 <= br < len(subs):
                     msg = "bad union branch index"
                     raise _DecodeError(msg)
-                return subs[br](b, p, e)
+                return subs[br](b, p, e, g)
 
             return read_union
         if isinstance(r, list):
@@ -126,10 +214,10 @@ class _PyCompiler:
             raise ValueError(msg)
         wk, rk = w["type"], r["type"]
         if wk == "null":
-            return lambda b, p, e: (None, p)
+            return lambda b, p, e, g: (None, p)
         if wk == "boolean":
 
-            def read_bool(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_bool(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 if p >= e:
                     msg = "truncated"
                     raise _DecodeError(msg)
@@ -143,7 +231,7 @@ class _PyCompiler:
             nb = MAX_INT_VARINT_BYTES if wk == "int" else MAX_LONG_VARINT_BYTES
             as_float = rk in ("float", "double")
 
-            def read_int(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_int(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 v, p = _py_varint(b, p, e, nb)
                 return (float(v) if as_float else v), p
 
@@ -152,7 +240,7 @@ class _PyCompiler:
             fmt = "<f" if wk == "float" else "<d"
             size = 4 if wk == "float" else 8
 
-            def read_float(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_float(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 q = _py_take(p, e, size)
                 return struct.unpack_from(fmt, b, p)[0], q
 
@@ -160,7 +248,7 @@ class _PyCompiler:
         if wk in ("bytes", "string"):
             as_str = rk == "string"
 
-            def read_bytes(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_bytes(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 n, p = _py_varint(b, p, e, MAX_LONG_VARINT_BYTES)
                 q = _py_take(p, e, n)
                 raw = b[p:q]
@@ -176,7 +264,7 @@ class _PyCompiler:
         if wk == "fixed":
             size = int(w["size"])
 
-            def read_fixed(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_fixed(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 q = _py_take(p, e, size)
                 return b[p:q], q
 
@@ -186,7 +274,7 @@ class _PyCompiler:
             rsyms = list(r["symbols"])
             wsyms = list(w["symbols"])
 
-            def read_enum(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_enum(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 i, p = _py_varint(b, p, e, MAX_INT_VARINT_BYTES)
                 if not 0 <= i < len(table):
                     msg = "bad enum index"
@@ -199,40 +287,14 @@ class _PyCompiler:
 
             return read_enum
         if wk in ("array", "map"):
+            run = self.blocks(w, r)
             is_map = wk == "map"
-            item = self.reader(
-                w["values" if is_map else "items"], r["values" if is_map else "items"]
-            )
-            key = self.reader({"type": "string"}, {"type": "string"})
-            min_item = _min_size(w["values" if is_map else "items"]) + (1 if is_map else 0)
 
-            def read_blocks(b: bytes, p: int, e: int) -> tuple[Any, int]:
+            def read_blocks(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
                 out_l: list[Any] = []
                 out_m: dict[str, Any] = {}
-                while True:
-                    count, p = _py_varint(b, p, e, MAX_LONG_VARINT_BYTES)
-                    block_end = -1
-                    if count < 0:
-                        count = -count
-                        size, p = _py_varint(b, p, e, MAX_LONG_VARINT_BYTES)
-                        block_end = _py_take(p, e, size)
-                    if count == 0:
-                        return (out_m if is_map else out_l), p
-                    if (min_item and count > (e - p) // min_item) or (
-                        not min_item and count > MAX_ZERO_BYTE_ITEMS
-                    ):
-                        msg = "block item count beyond record end"
-                        raise _DecodeError(msg)
-                    for _ in range(count):
-                        if is_map:
-                            k, p = key(b, p, e)
-                            out_m[k], p = item(b, p, e)
-                        else:
-                            v, p = item(b, p, e)
-                            out_l.append(v)
-                    if block_end >= 0 and p != block_end:
-                        msg = "block byte size mismatch"
-                        raise _DecodeError(msg)
+                p = run(b, p, e, g, 0, -1, out_l, out_m)
+                return (out_m if is_map else out_l), p
 
             return read_blocks
         # record
@@ -258,10 +320,10 @@ class _PyCompiler:
                 defaults[rf["name"]] = _json_default(rf["type"], rf["default"])
         order = [f["name"] for f in r["fields"]]
 
-        def read_record(b: bytes, p: int, e: int) -> tuple[Any, int]:
+        def read_record(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
             got: dict[str, Any] = {}
             for name, fn in steps:
-                v, p = fn(b, p, e)
+                v, p = fn(b, p, e, g)
                 if name is not None:
                     got[name] = v
             for name, v in defaults.items():
@@ -272,7 +334,7 @@ class _PyCompiler:
 
 
 def _py_error(reason: str) -> _PyRead:
-    def fail(b: bytes, p: int, e: int) -> tuple[Any, int]:
+    def fail(b: bytes, p: int, e: int, g: _Budget) -> tuple[Any, int]:
         raise _DecodeError(reason)
 
     fail.is_error = True  # type: ignore[attr-defined]

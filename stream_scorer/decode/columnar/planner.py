@@ -62,7 +62,12 @@ from stream_scorer.decode.columnar.schema import (
     _reader_paths,
     _select_branch,
 )
-from stream_scorer.decode.limits import MAX_INT_VARINT_BYTES, MAX_LONG_VARINT_BYTES
+from stream_scorer.decode.limits import (
+    MAX_BATCH_ITEMS,
+    MAX_INT_VARINT_BYTES,
+    MAX_LONG_VARINT_BYTES,
+    check_schema,
+)
 
 __all__ = ["ColumnarDecoder"]
 
@@ -96,6 +101,10 @@ class ColumnarDecoder:
         fields: Sequence[str] | None = None,
     ) -> None:
         """Compile the read plan; see the class docstring."""
+        # Before any recursive walk: a schema deeper than the limit would overflow the stack.
+        check_schema(writer_schema, "writer schema")
+        if reader_schema is not None:
+            check_schema(reader_schema, "reader schema")
         w = _parse_schema(writer_schema)
         r = _parse_schema(reader_schema) if reader_schema is not None else w
         if _kind(w) != "record" or _kind(r) != "record":
@@ -119,7 +128,23 @@ class ColumnarDecoder:
         if not _matches(w, r):
             msg = f"writer record {w['name']} cannot be read as {r['name']}"
             raise ValueError(msg)
+        _min_size(w)  # a record containing itself with nothing between: no finite value
         self._root = self._compile(w, r, "", root_want, frozenset())
+
+    @property
+    def walks_items(self) -> bool:
+        """Whether the plan reads arrays, maps or recursive types: what a per-item or
+        per-level decoder such as fastavro could be made to spend unbounded time or stack on."""
+        stack: list[_Node] = [self._root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, _BlockNode | _FallbackNode):
+                return True
+            if isinstance(node, _RecordNode):
+                stack.extend(node.fields)
+            elif isinstance(node, _UnionNode):
+                stack.extend(node.branches)
+        return False
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -288,10 +313,15 @@ class ColumnarDecoder:
                 np.arange(len(w["symbols"]), dtype=np.int64), w["symbols"], None, where
             )
         if k == "array":
-            return _BlockNode(self._skip(w["items"], path, stack), _min_size(w["items"]), where)
+            return _BlockNode(
+                self._skip(w["items"], path, stack),
+                _min_size(w["items"]),
+                where,
+                self._py.blocks(w, w),
+            )
         if k == "map":
             item = _RecordNode([_BytesNode(None, where), self._skip(w["values"], path, stack)])
-            return _BlockNode(item, 1 + _min_size(w["values"]), where)
+            return _BlockNode(item, 1 + _min_size(w["values"]), where, self._py.blocks(w, w))
         if id(w) in stack:
             return _FallbackNode(self._py.reader(w, w), None, where)
         inner = stack | {id(w)}
@@ -342,13 +372,21 @@ class ColumnarDecoder:
 
     # -- decoding -------------------------------------------------------------------------
 
-    def decode(self, payloads: Sequence[bytes | memoryview], skip: int = 0) -> ColumnBatch:
+    def decode(
+        self,
+        payloads: Sequence[bytes | memoryview],
+        skip: int = 0,
+        item_budget: int = MAX_BATCH_ITEMS,
+    ) -> ColumnBatch:
         """Decode a batch of Avro binary bodies.
 
         Args:
             payloads: One Avro-encoded record per element.
             skip: Bytes of framing header at the start of every payload, not decoded (the
                 caller checked them), so payloads need not be sliced one by one.
+            item_budget: Array/map items these records may declare in all (what is left of
+                the batch's :data:`~stream_scorer.decode.limits.MAX_BATCH_ITEMS` when a batch
+                is decoded in several calls, one per writer schema).
 
         Returns:
             The requested columns plus a per-record ok mask and error reasons. Never raises for
@@ -365,6 +403,7 @@ class ColumnarDecoder:
         pos = end - lens + skip
         sinks = [_Sink(spec, n) for spec in self._specs]
         st = _State(raw, buf, pos, end, sinks, const_base)
+        st.batch_left = item_budget
         idx = self._root.read(st, np.arange(n, dtype=np.int64))
         st.fail(idx[st.pos[idx] != st.end[idx]], "trailing bytes after record")
         for spec, sink in zip(self._specs, sinks, strict=True):
@@ -375,7 +414,13 @@ class ColumnarDecoder:
         columns: dict[str, Column] = {}
         for spec, sink in zip(self._specs, sinks, strict=True):
             columns[spec.name] = _finish(spec, sink, buf, bad)
-        return ColumnBatch(n=n, columns=columns, ok=ok, errors=dict(sorted(st.errors.items())))
+        return ColumnBatch(
+            n=n,
+            columns=columns,
+            ok=ok,
+            errors=dict(sorted(st.errors.items())),
+            items=item_budget - st.batch_left,
+        )
 
 
 def _leaf_spec(r: Mapping[str, Any], path: str, nullable: bool) -> _Spec:

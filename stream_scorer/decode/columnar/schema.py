@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-__all__: list[str] = []
+__all__ = ["check_finite"]
 
 # Avro primitive type names.
 _PRIMITIVES: Final = frozenset(
@@ -54,7 +54,7 @@ def _parse_schema(schema: Any) -> Any:
     def full_name(name: str, ns: str) -> str:
         return name if "." in name or not ns else f"{ns}.{name}"
 
-    def parse(s: Any, ns: str) -> Any:
+    def parse(s: Any, ns: str) -> Any:  # noqa: PLR0912
         if isinstance(s, str):
             if s in _PRIMITIVES:
                 return {"type": s}
@@ -87,7 +87,11 @@ def _parse_schema(schema: Any) -> Any:
                     {**f, "type": parse(f["type"], inner_ns)} for f in s.get("fields", [])
                 ]
             elif node["type"] == "fixed":
-                node["size"] = int(s["size"])
+                size = s.get("size")
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    msg = f"fixed {full} has no valid size"
+                    raise ValueError(msg)
+                node["size"] = size
         elif t == "array":
             node["items"] = parse(s["items"], ns)
         elif t == "map":
@@ -154,7 +158,10 @@ def _min_size(s: Any, stack: frozenset[int] = frozenset()) -> int:
         return int(s["size"])
     if k == "record":
         if id(s) in stack:
-            return 0
+            # Reached itself through record fields alone (no union, array or map between):
+            # no value is finite, and reading one would recurse for ever.
+            msg = f"record {s['name']} contains itself with no union, array or map between"
+            raise ValueError(msg)
         inner = stack | {id(s)}
         return sum(_min_size(f["type"], inner) for f in s["fields"])
     return 1
@@ -228,3 +235,51 @@ def _reader_paths(r: Mapping[str, Any], prefix: str, stack: frozenset[int]) -> s
         ):
             out |= _reader_paths(t, path, stack | {id(r)})
     return out
+
+
+def check_finite(schema: Any) -> None:
+    """Check that every record of a schema has finite values.
+
+    A record that contains itself through record fields alone (no union, array or map on the
+    way) has no finite value; fastavro recurses in C reading one until the process dies
+    (a segmentation fault, not an exception), so such a writer must never reach it.
+
+    Raises:
+        ValueError: The schema is not valid Avro, or a record contains itself.
+    """
+    root = _parse_schema(schema)
+    sizes: dict[int, int] = {}
+    seen: set[int] = set()
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        k = node["type"]
+        if k == "record":
+            _finite_size(node, sizes, frozenset())
+            stack.extend(f["type"] for f in node["fields"])
+        elif k == "array":
+            stack.append(node["items"])
+        elif k == "map":
+            stack.append(node["values"])
+
+
+def _finite_size(s: Any, sizes: dict[int, int], stack: frozenset[int]) -> int:
+    """:func:`_min_size` with a memo, for :func:`check_finite`."""
+    if isinstance(s, list) or s["type"] != "record":
+        return _min_size(s) if not isinstance(s, list) else 1
+    known = sizes.get(id(s))
+    if known is not None:
+        return known
+    if id(s) in stack:
+        msg = f"record {s['name']} contains itself with no union, array or map between"
+        raise ValueError(msg)
+    inner = stack | {id(s)}
+    size = sum(_finite_size(f["type"], sizes, inner) for f in s["fields"])
+    sizes[id(s)] = size
+    return size
