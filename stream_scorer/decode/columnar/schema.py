@@ -206,12 +206,11 @@ def _reader_field_map(r: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 def _enum_table(w: Mapping[str, Any], r: Mapping[str, Any]) -> NDArray[np.int64]:
     """Writer symbol index -> reader symbol index (-1: unknown to the reader, no default)."""
-    rsyms = list(r["symbols"])
+    # A dict, not list.index: linear in the symbols, not quadratic.
+    position = {s: i for i, s in reversed(list(enumerate(r["symbols"])))}
     default = r.get("default")
-    fallback = rsyms.index(default) if default in rsyms else -1
-    return np.array(
-        [rsyms.index(s) if s in rsyms else fallback for s in w["symbols"]], dtype=np.int64
-    )
+    fallback = position.get(default, -1) if isinstance(default, str) else -1
+    return np.array([position.get(s, fallback) for s in w["symbols"]], dtype=np.int64)
 
 
 def _describe(s: Any) -> str:
