@@ -16,6 +16,7 @@ A value with the wrong header, an unknown schema id or an unknown fingerprint is
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -31,6 +32,7 @@ from stream_scorer.registry import RegistryError, SchemaNotFoundError
 __all__ = [
     "CONFLUENT_HEADER_LEN",
     "CONFLUENT_MAGIC",
+    "SCHEMA_RETRY_S",
     "SINGLE_OBJECT_HEADER_LEN",
     "SINGLE_OBJECT_MAGIC",
     "Framing",
@@ -53,6 +55,10 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 SINGLE_OBJECT_HEADER_LEN = 10
 #: Id of the one writer of the ``plain`` format.
 PLAIN_WRITER_ID = 0
+#: Seconds before a schema id the source failed on unexpectedly (not "not found", not an
+#: outage: e.g. RecursionError from its JSON parse) is asked for again; meanwhile its records
+#: are rejected with the same reason, without a call per record.
+SCHEMA_RETRY_S = 60.0
 
 
 class SchemaSource(Protocol):
@@ -161,6 +167,8 @@ class Framing:
         self._writers: dict[int, Writer] = {}
         # Registry ids whose schema cannot be used, and why (their records are rejected).
         self._unusable: dict[int, str] = {}
+        # Ids the source failed on, unexpectedly: until when not to ask again, and why.
+        self._unobtainable: dict[int, tuple[float, str]] = {}
         if wire_format == "plain":
             schema = writer_schemas[0] if writer_schemas else reader_schema
             self._writers[PLAIN_WRITER_ID] = Writer(
@@ -216,6 +224,9 @@ class Framing:
         known_bad = self._unusable.get(schema_id)
         if known_bad is not None:
             raise DecodeError(known_bad)
+        failed = self._unobtainable.get(schema_id)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise DecodeError(failed[1])
         try:
             schema = self._registry.schema_by_id(schema_id)
         except SchemaNotFoundError as exc:
@@ -230,6 +241,8 @@ class Framing:
             # finding 2), MemoryError, a client bug: the records that name this id are
             # dead-lettered, the batch goes on. Not cached: the source's own cache decides.
             msg = f"cannot obtain writer schema {schema_id}: {type(exc).__name__}"
+            # Asked again only after a while: every record of a batch may name this id.
+            self._unobtainable[schema_id] = (time.monotonic() + SCHEMA_RETRY_S, msg)
             raise DecodeError(msg) from exc
         if not isinstance(schema, Mapping):
             msg = f"schema id {schema_id} is not an Avro record schema"

@@ -401,3 +401,23 @@ def test_reject_reasons_never_quote_payload_bytes(kind: Kind) -> None:
             for piece in (MARKER[:5], MARKER[-6:], b"\xff" * 3):
                 assert show(piece) not in reject.message, reject.message
     assert np.all([r.error_type == "DecodeError" for r in batch.rejected])
+
+
+def test_a_failing_schema_id_is_not_asked_for_again_per_record() -> None:
+    """Records naming an id the source failed on are rejected without a call each, until
+    SCHEMA_RETRY_S has passed (fails without the retry memo: one call per record)."""
+    calls: list[int] = []
+
+    class Failing(Source):
+        def schema_by_id(self, schema_id: int) -> dict[str, Any]:
+            """Count, then fail, for the hostile id."""
+            if schema_id == HOSTILE_ID:
+                calls.append(schema_id)
+                raise RecursionError
+            return super().schema_by_id(schema_id)
+
+    values = [hostile_value(b"", i % 8) for i in range(5)] + [good_value()]
+    batch = decode(ColumnarAvroDecoder, Failing(), values)
+    accounted(batch, 6)
+    assert len(batch.rejected) == 5
+    assert calls == [HOSTILE_ID]

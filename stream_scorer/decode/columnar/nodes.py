@@ -436,13 +436,13 @@ class _BlockNode(_Node):
                 cur = cur[st.ok[cur] & ~done[cur]]
                 if not cur.size:
                     break
+            if cur.size <= SCALAR_RECORDS:
+                self._finish(st, cur, rem, bend)
+                break
             if not self.min_item:
                 # Nothing on the wire per item: the whole block is read.
                 rem[cur] = 0
                 continue
-            if cur.size <= SCALAR_RECORDS:
-                self._finish(st, cur, rem, bend)
-                break
             survivors = self.item.read(st, cur)
             rem[survivors] -= 1
             cur = survivors
