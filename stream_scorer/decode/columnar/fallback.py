@@ -37,8 +37,10 @@ _PyRead = Callable[[bytes, int, int, "_Budget"], tuple[Any, int]]
 #: Walks the blocks of one array or map from ``p``: ``(buf, p, end, budget, count, block_end,
 #: out_list, out_map) -> new_p``, where ``count`` items of the current block (ending at
 #: ``block_end``, -1 if unsized) are still to be read, 0 to start at a block header. Items
-#: are appended to ``out_list`` (arrays) or set in ``out_map`` (maps).
-_PyBlocks = Callable[[bytes, int, int, "_Budget", int, int, list[Any], dict[str, Any]], int]
+#: are appended to ``out_list`` (arrays) or set in ``out_map`` (maps); None skips them.
+_PyBlocks = Callable[
+    [bytes, int, int, "_Budget", int, int, list[Any] | None, dict[str, Any] | None], int
+]
 
 
 class _Budget:
@@ -135,36 +137,35 @@ class _PyCompiler:
         key = self.reader({"type": "string"}, {"type": "string"})
         min_item = _min_size(w[part]) + (1 if is_map else 0)
 
-        def run(
+        def run(  # noqa: PLR0912
             b: bytes,
             p: int,
             e: int,
             g: _Budget,
             count: int,
             block_end: int,
-            out_l: list[Any],
-            out_m: dict[str, Any],
+            out_l: list[Any] | None,
+            out_m: dict[str, Any] | None,
         ) -> int:
             while True:
                 if count and not min_item:
-                    # Zero-byte items (arrays only: a map item has a key): one value, read
-                    # once and repeated; nothing on the wire to walk per item.
+                    # Zero-byte items (arrays only: a map item has a key): nothing on the
+                    # wire to walk per item; one value, read once and repeated if kept.
                     v, p = item(b, p, e, g)
-                    immutable = v is None or isinstance(v, bytes)
-                    out_l.append(v)
-                    out_l.extend(
-                        [v] * (count - 1)
-                        if immutable
-                        else (copy.deepcopy(v) for _ in range(count - 1))
-                    )
+                    if out_l is not None:
+                        out_l.append(v)
+                        out_l.extend(_clone(v) for _ in range(count - 1))
                 elif count:
                     for _ in range(count):
                         if is_map:
                             k, p = key(b, p, e, g)
-                            out_m[k], p = item(b, p, e, g)
+                            v, p = item(b, p, e, g)
+                            if out_m is not None:
+                                out_m[k] = v
                         else:
                             v, p = item(b, p, e, g)
-                            out_l.append(v)
+                            if out_l is not None:
+                                out_l.append(v)
                 if count and block_end >= 0 and p != block_end:
                     msg = "block byte size mismatch"
                     raise _DecodeError(msg)
@@ -331,6 +332,11 @@ class _PyCompiler:
             return {name: got[name] for name in order}, p
 
         return read_record
+
+
+def _clone(v: Any) -> Any:
+    """A copy of a zero-byte value (None, b"", or records of those), faster than deepcopy."""
+    return {k: _clone(x) for k, x in v.items()} if isinstance(v, dict) else v
 
 
 def _py_error(reason: str) -> _PyRead:

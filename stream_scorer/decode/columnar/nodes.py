@@ -456,7 +456,7 @@ class _BlockNode(_Node):
             try:
                 st.pos[rec] = blocks(
                     raw, int(st.pos[rec]), int(st.end[rec]), budget, int(rem[rec]),
-                    int(bend[rec]), [], {},
+                    int(bend[rec]), None, None,
                 )  # fmt: skip
             except _DecodeError as exc:
                 st.fail(np.array([rec], dtype=np.int64), f"{exc} at {self.where}")
