@@ -266,18 +266,22 @@ def test_a_million_mutated_inputs_through_both_decoders() -> None:
         if b == 0:
             slowest.clear()  # the first batch compiles the plans
     total = time.perf_counter() - t_start
-    worst = (0.0, "", 0)
+    worst = (0.0, "", 0, 0.0)
     for _, k, values in slowest:
         for value in values:
             record = [SourceRecord("t", 0, 0, None, value)]
-            t0 = time.perf_counter()
-            run[k](record)
-            per_kib = (time.perf_counter() - t0) / (max(len(value), 1) / 1024)
+            best = float("inf")
+            for _ in range(3):  # best of three: a shared machine stalls now and then
+                t0 = time.perf_counter()
+                run[k](record)
+                best = min(best, time.perf_counter() - t0)
+            per_kib = best / (max(len(value), 1) / 1024)
             if per_kib > worst[0]:
-                worst = (per_kib, ("columnar", "record")[k], len(value))
+                worst = (per_kib, ("columnar", "record")[k], len(value), best)
     print(
         f"\n{LONG_RUN_INPUTS:,} inputs (1 batch in {RECORD_EVERY} also through the record "
         f"decoder) in {total:.1f} s; slowest input: "
-        f"{worst[0] * 1e3:.2f} ms per KiB ({worst[1]} decoder, {worst[2]} bytes)"
+        f"{worst[0] * 1e3:.2f} ms per KiB ({worst[1]} decoder, {worst[2]} bytes in "
+        f"{worst[3] * 1e3:.3f} ms)"
     )
     assert worst[0] > 0
