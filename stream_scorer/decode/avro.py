@@ -50,7 +50,12 @@ def read_body(value: bytes, start: int, writer: Writer, reader: Any) -> dict[str
     stream.seek(start)
     try:
         fields = fastavro.schemaless_reader(stream, writer.parsed, reader)
+    except SchemaResolutionError as exc:
+        # About the two schemas, not the bytes: worth showing.
+        msg = f"invalid Avro body for writer schema {writer.id}: {exc}"
+        raise DecodeError(msg) from exc
     except AVRO_BODY_ERRORS as exc:
+        # The error's name only: fastavro's messages can quote the payload (issue 12, 5).
         msg = f"invalid Avro body for writer schema {writer.id}: {type(exc).__name__}"
         raise DecodeError(msg) from exc
     except RecursionError as exc:
