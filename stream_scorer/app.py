@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from stream_scorer import __version__
 from stream_scorer.consume import BatchConsumer, consumer_config, max_poll_interval_s
 from stream_scorer.dead_letter import DeadLetterWriter
-from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, fingerprint, frame_body
+from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, Framing, fingerprint, frame_body
 from stream_scorer.delivery import Delivery
 from stream_scorer.delivery.at_least_once import AtLeastOnceDelivery
 from stream_scorer.delivery.commit import OffsetCommitter
@@ -101,8 +101,9 @@ def build_decoder(
 ) -> ColumnarAvroDecoder | AvroDecoder:
     """The decoder for the configured wire format and decoder kind."""
     writers = [load_schema(path, "schema.writers") for path in settings.schema_.writers]
+    framing = Framing(reader, settings.schema_.wire_format, writers, registry)
     kind = ColumnarAvroDecoder if settings.schema_.decoder == "columnar" else AvroDecoder
-    return kind(reader, settings.schema_.wire_format, writers, registry)
+    return kind(framing)
 
 
 def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:

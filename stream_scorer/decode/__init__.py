@@ -3,8 +3,11 @@
 In: one micro-batch of :class:`~stream_scorer.records.SourceRecord`. Out: a
 :class:`~stream_scorer.records.DecodedBatch` (the good records, the requested fields as
 columns, whole events on demand) and a :class:`~stream_scorer.records.Rejected` for each bad
-record, never an exception for bad input. Two implementations share the wire-format handling
-(:mod:`~stream_scorer.decode.framing`):
+record, never an exception for bad input. Two implementations share one
+:class:`~stream_scorer.decode.framing.Framing` (built once by the composition root: the
+wire format, the reader schema, the writers known or fetched) and the limits of
+:mod:`~stream_scorer.decode.limits` (array/map items per record and per batch, schema depth
+and size), so hostile bytes or schemas cost time linear in their size and become rejects:
 
 * :class:`ColumnarAvroDecoder` (the service's): decodes only the bound fields, a whole batch at
   a time, with numpy (:mod:`~stream_scorer.decode.columnar`).

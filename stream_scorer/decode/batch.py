@@ -23,8 +23,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_scorer.decode.avro import read_body
-from stream_scorer.decode.columnar import ColumnarDecoder
-from stream_scorer.decode.framing import Framing, SchemaSource, WireFormat, Writer
+from stream_scorer.decode.columnar import ColumnarDecoder, ColumnBatch
+from stream_scorer.decode.framing import Framing, Writer
+from stream_scorer.decode.limits import MAX_BATCH_ITEMS
 from stream_scorer.errors import DecodeError
 from stream_scorer.records import (
     DecodedBatch,
@@ -45,18 +46,12 @@ _Group = tuple[Writer, list[int], list[bytes]]
 class ColumnarAvroDecoder:
     """Decodes the fields a model binds, for a whole micro-batch at once."""
 
-    def __init__(
-        self,
-        reader_schema: Mapping[str, Any],
-        wire_format: WireFormat,
-        writer_schemas: Sequence[Mapping[str, Any]] = (),
-        registry: SchemaSource | None = None,
-    ) -> None:
+    def __init__(self, framing: Framing) -> None:
         """Parse the reader schema once; writers are compiled as they are first seen."""
-        self.framing = Framing(reader_schema, wire_format, writer_schemas, registry)
-        self.wire_format = wire_format
-        self._reader_schema = dict(reader_schema)
-        self._reader = fastavro.parse_schema(dict(reader_schema))
+        self.framing = framing
+        self.wire_format = framing.wire_format
+        self._reader_schema = dict(framing.reader_schema)
+        self._reader = fastavro.parse_schema(dict(framing.reader_schema))
         # Compiled decoders by (writer id, fields); a ValueError string when they cannot be.
         self._compiled: dict[tuple[int, tuple[str, ...]], ColumnarDecoder | str] = {}
 
@@ -68,6 +63,8 @@ class ColumnarAvroDecoder:
                 compiled = ColumnarDecoder(writer.schema, self._reader_schema, fields)
             except ValueError as exc:
                 compiled = f"writer schema {writer.id} cannot be read as the reader schema: {exc}"
+            except (RecursionError, MemoryError) as exc:
+                compiled = f"writer schema {writer.id} cannot be compiled: {type(exc).__name__}"
             self._compiled[key] = compiled
         return compiled
 
@@ -121,6 +118,7 @@ class ColumnarAvroDecoder:
         good_rows: list[int] = []
         parts: list[tuple[list[int], Mapping[str, FieldColumn]]] = []
         writers: dict[int, Writer] = {}
+        budget = MAX_BATCH_ITEMS
         for writer, rows, bodies in groups.values():
             decoder = self._decoder(writer, wanted)
             if isinstance(decoder, str):
@@ -128,7 +126,13 @@ class ColumnarAvroDecoder:
                     (i, Rejected(records[i], "decode", "DecodeError", decoder)) for i in rows
                 )
                 continue
-            batch = decoder.decode(bodies, skip=self.framing.header_len)
+            try:
+                batch = decoder.decode(bodies, skip=self.framing.header_len, item_budget=budget)
+            except (RecursionError, MemoryError):
+                # Not expected (the decoder checks what it reads), but never out of decode():
+                # find the records that cause it one by one, keep the others.
+                batch = _one_by_one(decoder, bodies, self.framing.header_len, budget)
+            budget -= batch.items
             for j, reason in batch.errors.items():
                 rejected.append(
                     (rows[j], Rejected(records[rows[j]], "decode", "DecodeError", reason))
@@ -160,6 +164,24 @@ class ColumnarAvroDecoder:
         # Every record decoded (the rule): hand the batch itself on, building no records.
         good = records if len(good_rows) == len(records) else [records[i] for i in good_rows]
         return DecodedBatch(good, columns, [r for _, r in rejected], event_at)
+
+
+def _one_by_one(
+    decoder: ColumnarDecoder, bodies: list[bytes], skip: int, budget: int
+) -> ColumnBatch:
+    """Decode ``bodies`` after finding, one by one, those that raise RecursionError or
+    MemoryError: they are decoded as empty bodies and fail with a reason."""
+    bad: dict[int, str] = {}
+    for j, body in enumerate(bodies):
+        try:
+            decoder.decode([body], skip=skip, item_budget=budget)
+        except (RecursionError, MemoryError) as exc:
+            bad[j] = f"record too deep or too large to decode ({type(exc).__name__})"
+    batch = decoder.decode(
+        [body[:skip] if j in bad else body for j, body in enumerate(bodies)], skip, budget
+    )
+    batch.ok[list(bad)] = False
+    return dataclasses.replace(batch, errors=dict(sorted({**batch.errors, **bad}.items())))
 
 
 def _take(column: Any, keep: NDArray[np.bool_]) -> FieldColumn:

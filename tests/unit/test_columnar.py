@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from stream_scorer.decode import columnar
 from stream_scorer.decode.columnar import (
-    MAX_ZERO_BYTE_ITEMS,
+    MAX_RECORD_ITEMS,
     UNIQUE_MIN_ROWS,
     BytesColumn,
     ColumnarDecoder,
@@ -707,7 +707,7 @@ def test_zero_byte_item_bomb_is_rejected() -> None:
         "name": "Z",
         "fields": [{"name": "xs", "type": {"type": "array", "items": "null"}}],
     }
-    payload = _zz(MAX_ZERO_BYTE_ITEMS + 1) + b"\x00"
+    payload = _zz(MAX_RECORD_ITEMS + 1) + b"\x00"
     for fields in (None, []):
         batch = ColumnarDecoder(schema, fields=fields).decode([payload, _zz(3) + b"\x00"])
         assert batch.ok.tolist() == [False, True]
@@ -875,7 +875,7 @@ def test_strings_by_distinct_value_survive_hash_collisions(
     """Long batches materialise strings by distinct value, grouped by a hash of their words;
     with a hash that collides (multiplier 0 drops all but the last word and the length) the
     check against each group's first row falls back to the exact sort, never merging values."""
-    monkeypatch.setattr(columnar, "_HASH_MULTIPLIER", np.uint64(multiplier))
+    monkeypatch.setattr(columnar.columns, "_HASH_MULTIPLIER", np.uint64(multiplier))
     values = ["a", "a\x00", "", "entertainment", "entertainmenT", "Zürich-Zentrum-Nord-7"]
     rows = [values[i % len(values)] for i in range(UNIQUE_MIN_ROWS * 2)]
     raw = [v.encode() for v in rows]

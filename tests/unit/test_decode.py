@@ -17,6 +17,7 @@ from stream_scorer.decode import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     AvroDecoder,
+    Framing,
     WireFormat,
     fingerprint,
     frame_body,
@@ -185,14 +186,14 @@ def framer(
             if wire_format == "confluent":
                 client = SchemaRegistryClient(dev_registry.url)
                 schema_id = client.register("probe-value", writer)
-                decoder = AvroDecoder(writer, "confluent", registry=SchemaRegistryClient(
-                    dev_registry.url))  # fmt: skip
+                decoder = AvroDecoder(Framing(writer, "confluent", registry=SchemaRegistryClient(
+                    dev_registry.url)))  # fmt: skip
                 return decoder, frame_body("confluent", body, schema_id=schema_id)
             if wire_format == "single-object":
-                return AvroDecoder(writer, "single-object"), frame_body(
+                return AvroDecoder(Framing(writer, "single-object")), frame_body(
                     "single-object", body, schema=writer
                 )
-            return AvroDecoder(writer, "plain"), body
+            return AvroDecoder(Framing(writer, "plain")), body
 
         return frame
 
@@ -211,12 +212,14 @@ def _framed(
     body = avro_bytes(writer, record)
     if wire_format == "confluent":
         schema_id = SchemaRegistryClient(registry_url).register("evolve-value", writer)
-        decoder = AvroDecoder(reader, "confluent", registry=SchemaRegistryClient(registry_url))
+        decoder = AvroDecoder(
+            Framing(reader, "confluent", registry=SchemaRegistryClient(registry_url))
+        )
         return decoder, frame_body("confluent", body, schema_id=schema_id)
     if wire_format == "single-object":
-        decoder = AvroDecoder(reader, "single-object", writer_schemas=[writer])
+        decoder = AvroDecoder(Framing(reader, "single-object", writer_schemas=[writer]))
         return decoder, frame_body("single-object", body, schema=writer)
-    return AvroDecoder(reader, "plain", writer_schemas=[writer]), body
+    return AvroDecoder(Framing(reader, "plain", writer_schemas=[writer])), body
 
 
 @pytest.mark.parametrize("wire_format", WIRE_FORMATS)
@@ -402,7 +405,7 @@ REJECTS: list[tuple[str, WireFormat, Callable[[bytes], bytes | None], str]] = [
         "not Confluent wire format",
     ),
     ("confluent-wrong-magic", "confluent", lambda good: b"\x01" + good[1:], "magic byte 0"),
-    ("confluent-empty", "confluent", lambda good: b"", "got nothing"),
+    ("confluent-empty", "confluent", lambda good: b"", "got 0 bytes"),
     ("confluent-header-only-short", "confluent", lambda good: good[:3], "4-byte schema id"),
     ("confluent-tombstone", "confluent", lambda good: None, "tombstone"),
     ("confluent-truncated", "confluent", lambda good: good[:-4], "invalid Avro body"),
@@ -425,7 +428,7 @@ REJECTS: list[tuple[str, WireFormat, Callable[[bytes], bytes | None], str]] = [
         lambda good: b"\xc3\x02" + good[2:],
         "not Avro single-object encoding",
     ),
-    ("single-object-empty", "single-object", lambda good: b"", "got nothing"),
+    ("single-object-empty", "single-object", lambda good: b"", "got 0 bytes"),
     ("single-object-garbage", "single-object", lambda good: b"garbage!!!!!", "expected C3 01"),
     ("single-object-tombstone", "single-object", lambda good: None, "tombstone"),
     ("single-object-truncated", "single-object", lambda good: good[:-4], "invalid Avro body"),
@@ -454,7 +457,7 @@ def test_bad_value_is_rejected_and_batch_goes_on(
 ) -> None:
     """A bad value becomes a decode-stage Rejected with a useful reason; its neighbours decode."""
     source = CountingSource({1: reader_schema})
-    decoder = AvroDecoder(reader_schema, wire_format, registry=source)
+    decoder = AvroDecoder(Framing(reader_schema, wire_format, registry=source))
     body = avro_bytes(reader_schema, make_transaction())
     good = frame_body(wire_format, body, schema_id=1, schema=reader_schema)
     records = [
@@ -484,7 +487,7 @@ def test_registry_404_is_a_reject_via_the_real_client(
     """A schema id the real registry does not know (HTTP 404) rejects only that record."""
     client = SchemaRegistryClient(dev_registry.url)
     known = client.register("transactions-value", reader_schema)
-    decoder = AvroDecoder(reader_schema, "confluent", registry=client)
+    decoder = AvroDecoder(Framing(reader_schema, "confluent", registry=client))
     body = avro_bytes(reader_schema, make_transaction())
 
     events, rejected = decoder.decode_batch(
@@ -510,7 +513,7 @@ def test_incompatible_writer_schema_is_a_reject(
     for field in writer["fields"]:
         if field["name"] == "amount":
             field["type"] = "string"
-    decoder = AvroDecoder(reader_schema, "confluent", registry=CountingSource({5: writer}))
+    decoder = AvroDecoder(Framing(reader_schema, "confluent", registry=CountingSource({5: writer})))
     value = frame_body("confluent", avro_bytes(writer, make_transaction(amount="12")), 5)
 
     events, rejected = decoder.decode_batch([make_record(value)])
@@ -528,7 +531,7 @@ def test_registry_schema_that_is_not_avro_is_a_reject(
 ) -> None:
     """A registry entry that is not a valid Avro schema rejects the record, naming the id."""
     decoder = AvroDecoder(
-        reader_schema, "confluent", registry=CountingSource({9: {"type": "nonsense"}})
+        Framing(reader_schema, "confluent", registry=CountingSource({9: {"type": "nonsense"}}))
     )
     value = frame_body("confluent", avro_bytes(reader_schema, make_transaction()), 9)
 
@@ -554,7 +557,7 @@ def test_unreachable_registry_is_fatal_not_a_reject(
 ) -> None:
     """A registry nobody answers raises FatalError from the batch instead of rejecting records."""
     client = SchemaRegistryClient(f"http://127.0.0.1:{_closed_port()}", timeout_s=2.0)
-    decoder = AvroDecoder(reader_schema, "confluent", registry=client)
+    decoder = AvroDecoder(Framing(reader_schema, "confluent", registry=client))
     value = frame_body("confluent", avro_bytes(reader_schema, make_transaction()), 1)
 
     with pytest.raises(FatalError, match="cannot fetch writer schema 1"):
@@ -568,7 +571,7 @@ def test_registry_error_from_any_source_is_fatal(
     make_transaction: MakeTransaction,
 ) -> None:
     """A RegistryError other than not-found (HTTP 5xx, timeouts) is fatal."""
-    decoder = AvroDecoder(reader_schema, "confluent", registry=BrokenSource())
+    decoder = AvroDecoder(Framing(reader_schema, "confluent", registry=BrokenSource()))
     value = frame_body("confluent", avro_bytes(reader_schema, make_transaction()), 3)
 
     with pytest.raises(FatalError) as caught:
@@ -586,7 +589,7 @@ def test_writer_schemas_are_fetched_once_per_id(
     evolved = copy.deepcopy(reader_schema)
     evolved["fields"].append({"name": "extra", "type": "int", "default": 0})
     source = CountingSource({1: reader_schema, 2: evolved})
-    decoder = AvroDecoder(reader_schema, "confluent", registry=source)
+    decoder = AvroDecoder(Framing(reader_schema, "confluent", registry=source))
     v1 = frame_body("confluent", avro_bytes(reader_schema, make_transaction()), 1)
     v2 = frame_body("confluent", avro_bytes(evolved, make_transaction(extra=3)), 2)
 
@@ -601,7 +604,7 @@ def test_writer_schemas_are_fetched_once_per_id(
 def test_confluent_without_registry_is_refused(reader_schema: dict[str, Any]) -> None:
     """Building a confluent decoder without a registry fails at construction."""
     with pytest.raises(ValueError, match="schema registry"):
-        AvroDecoder(reader_schema, "confluent")
+        AvroDecoder(Framing(reader_schema, "confluent"))
 
 
 def test_single_object_framing_needs_the_schema() -> None:
@@ -637,7 +640,7 @@ def test_single_object_header_is_marker_plus_little_endian_fingerprint(
 
 def test_decode_value_raises_decode_error_for_one_value(reader_schema: dict[str, Any]) -> None:
     """decode_value (one value) raises DecodeError where decode_batch would reject."""
-    decoder = AvroDecoder(reader_schema, "plain")
+    decoder = AvroDecoder(Framing(reader_schema, "plain"))
 
     with pytest.raises(DecodeError, match="tombstone"):
         decoder.decode_value(None)
@@ -650,7 +653,7 @@ def test_batch_keeps_order_of_events_and_rejects(
     make_transaction: MakeTransaction,
 ) -> None:
     """Events and rejects each come back in the batch's order."""
-    decoder = AvroDecoder(reader_schema, "plain")
+    decoder = AvroDecoder(Framing(reader_schema, "plain"))
     good = avro_bytes(reader_schema, make_transaction())
     values = [good, None, good, b"", good, None]
     records = [make_record(v, offset=i) for i, v in enumerate(values)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stream_scorer.consume import MessageBatch
-from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, WireFormat, frame_body
+from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, Framing, WireFormat, frame_body
 from stream_scorer.devtools.devregistry import DevSchemaRegistry
 from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.records import DecodedBatch, SourceRecord
@@ -25,8 +25,10 @@ FIELDS = (
 AvroBytes = Callable[[Mapping[str, Any], Any], bytes]
 
 
-def _records(values: list[bytes | None]) -> list[SourceRecord]:
-    return [SourceRecord("in", i % 3, i, b"k%d" % i, v, (), 1) for i, v in enumerate(values)]
+def _records(values: list[bytes | None]) -> MessageBatch:
+    return MessageBatch.from_records(
+        [SourceRecord("in", i % 3, i, b"k%d" % i, v, (), 1) for i, v in enumerate(values)]
+    )
 
 
 def _column_values(batch: DecodedBatch, name: str) -> list[Any]:
@@ -68,10 +70,10 @@ def test_columnar_equals_record_decoder_on_generated_events(
             framed = None  # tombstone
         values.append(framed)
     records = _records(values)
-    columnar = ColumnarAvroDecoder(reader_schema, wire_format, (), client)
-    reference = AvroDecoder(reader_schema, wire_format, (), client)
-    result = columnar.decode(MessageBatch.from_records(records), FIELDS)
-    _assert_same(result, reference.decode(MessageBatch.from_records(records), FIELDS))
+    columnar = ColumnarAvroDecoder(Framing(reader_schema, wire_format, (), client))
+    reference = AvroDecoder(Framing(reader_schema, wire_format, (), client))
+    result = columnar.decode(records, FIELDS)
+    _assert_same(result, reference.decode(records, FIELDS))
     assert len(result.rejected) == len([i for i in range(2_000) if i % 97 in (3, 5, 7)])
 
 
@@ -96,14 +98,11 @@ def test_schema_change_mid_batch_keeps_batch_order(
         else:
             values.append(frame_body("confluent", avro_bytes(reader_schema, event), v1))
     records = _records(values)
-    result = ColumnarAvroDecoder(reader_schema, "confluent", (), client).decode(
-        MessageBatch.from_records(records), FIELDS
+    result = ColumnarAvroDecoder(Framing(reader_schema, "confluent", (), client)).decode(
+        records, FIELDS
     )
     _assert_same(
-        result,
-        AvroDecoder(reader_schema, "confluent", (), client).decode(
-            MessageBatch.from_records(records), FIELDS
-        ),
+        result, AvroDecoder(Framing(reader_schema, "confluent", (), client)).decode(records, FIELDS)
     )
     assert result.event_at(0).fields["is_new_device"] is False
 
@@ -120,8 +119,8 @@ def test_unknown_schema_id_between_good_values_is_rejected_alone(
         frame_body("confluent", avro_bytes(reader_schema, e), schema_id) for e in events
     ]
     values[4] = frame_body("confluent", avro_bytes(reader_schema, events[4]), 424_242)
-    result = ColumnarAvroDecoder(reader_schema, "confluent", (), client).decode(
-        MessageBatch.from_records(_records(values)), FIELDS
+    result = ColumnarAvroDecoder(Framing(reader_schema, "confluent", (), client)).decode(
+        _records(values), FIELDS
     )
     assert [r.source.offset for r in result.rejected] == [4]
     assert "unknown schema id 424242" in result.rejected[0].message
@@ -134,8 +133,8 @@ def test_only_requested_fields_become_columns(
     """Decode returns exactly the requested fields as columns; whole events only on demand."""
     events, _ = TransactionGenerator(seed=10).generate(100)
     records = _records([avro_bytes(reader_schema, e) for e in events])
-    result = ColumnarAvroDecoder(reader_schema, "plain").decode(
-        MessageBatch.from_records(records), ("amount", "channel")
+    result = ColumnarAvroDecoder(Framing(reader_schema, "plain")).decode(
+        records, ("amount", "channel")
     )
     assert set(result.columns) == {"amount", "channel"}
     assert np.allclose(result.columns["amount"].to_numpy(np.float64), [e["amount"] for e in events])
@@ -154,8 +153,8 @@ def test_writer_that_cannot_be_resolved_rejects_its_records(
             field["type"] = "string"
     events, _ = TransactionGenerator(seed=11).generate(5)
     values: list[bytes | None] = [avro_bytes(writer, {**e, "amount": "12.5"}) for e in events]
-    result = ColumnarAvroDecoder(reader_schema, "plain", [writer]).decode(
-        MessageBatch.from_records(_records(values)), FIELDS
+    result = ColumnarAvroDecoder(Framing(reader_schema, "plain", [writer])).decode(
+        _records(values), FIELDS
     )
     assert len(result.records) == 0
     assert len(result.rejected) == 5
@@ -186,7 +185,7 @@ def test_pipeline_decodes_whole_events_only_for_alerts(
 
     card = ModelCard.load(Path(__file__).resolve().parents[2] / "models/fraud/1")
     model = LoadedModel(_ThresholdScorer(card), FeatureBuilder(card), 0.5, {})
-    decoder = ColumnarAvroDecoder(reader_schema, "plain")
+    decoder = ColumnarAvroDecoder(Framing(reader_schema, "plain"))
     whole: list[int] = []
     original = decoder.decode
 
@@ -205,7 +204,7 @@ def test_pipeline_decodes_whole_events_only_for_alerts(
     pipeline = Pipeline(
         decoder, LiveModels(ModelSet(model)), AlertEncoder(alert_schema, b"", "t"), "a", "d", "t"
     )
-    result = pipeline.process(MessageBatch.from_records(records)).result
+    result = pipeline.process(records).result
     flagged = sum(e["amount"] > 500 for e in events)
     assert 0 < result.flagged == flagged < 1_000
     assert len(whole) == flagged

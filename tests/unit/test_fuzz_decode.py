@@ -3,7 +3,7 @@ input accounted for as scored (alert or unflagged) or dead-lettered with its ori
 
 Inputs are valid transactions framed in each wire format (Confluent, plain, single-object),
 then truncated, bit-flipped, spliced with another message, extended, or replaced by random
-bytes. The pipeline runs with the shipped model and a fake sink that records what it is given.
+bytes. The pipeline runs with the shipped model; what it returns to publish is recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from stream_scorer.app import build_alert_encoder, build_decoder, load_model, load_schema
 from stream_scorer.consume import MessageBatch
-from stream_scorer.decode import AvroDecoder, frame_body
+from stream_scorer.decode import AvroDecoder, Framing, frame_body
 from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.model_set import LiveModels, ModelSet
 from stream_scorer.pipeline import Pipeline
@@ -109,12 +109,14 @@ def mutate(value: bytes, other: bytes, rng: random.Random) -> bytes:
     return rng.randbytes(rng.randint(0, 64))
 
 
-def records_for(values: Sequence[bytes | None]) -> list[SourceRecord]:
-    """Records at consecutive offsets of partition 0."""
-    return [
-        SourceRecord("transactions", 0, offset, b"key", value, (), 1_767_225_600_000)
-        for offset, value in enumerate(values)
-    ]
+def records_for(values: Sequence[bytes | None]) -> MessageBatch:
+    """A batch of records at consecutive offsets of partition 0."""
+    return MessageBatch.from_records(
+        [
+            SourceRecord("transactions", 0, offset, b"key", value, (), 1_767_225_600_000)
+            for offset, value in enumerate(values)
+        ]
+    )
 
 
 _PIPELINES: dict[str, tuple[AvroDecoder, Pipeline, RecordingSink]] = {}
@@ -125,7 +127,7 @@ def pipeline_for(wire_format: str) -> tuple[AvroDecoder, Pipeline, RecordingSink
     if wire_format not in _PIPELINES:
         config = fuzz_settings(wire_format)
         registry = FakeRegistry() if wire_format == "confluent" else None
-        reference = AvroDecoder(READER, wire_format, (), registry)  # type: ignore[arg-type]
+        reference = AvroDecoder(Framing(READER, wire_format, (), registry))  # type: ignore[arg-type]
         sink = RecordingSink()
         pipeline = Pipeline(
             build_decoder(config, READER, registry),  # type: ignore[arg-type]
@@ -159,7 +161,7 @@ def check_batch(wire_format: str, values: list[bytes | None], parity: bool = Fal
         assert reject.stage == "decode" and reject.message
 
     sink.messages.clear()
-    output = pipeline.process(MessageBatch.from_records(records))
+    output = pipeline.process(records)
     sink.messages.extend(output.messages)
     result = output.result
     assert result.consumed == len(records)
@@ -256,3 +258,70 @@ def test_long_fuzz_run(wire_format: str) -> None:
             mutate(rng.choice(encoded), rng.choice(encoded), rng) for _ in range(500)
         ]
         check_batch(wire_format, values)
+
+
+class PoisonRegistry(FakeRegistry):
+    """Also knows, under id 7, the reader plus one array-of-null field."""
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any]:
+        """The reader (id 1), the poison writer (id 7), or SchemaNotFoundError."""
+        if schema_id == 7:
+            writer = dict(READER)
+            pad = {"name": "pad", "type": {"type": "array", "items": "null"}}
+            writer["fields"] = [*READER["fields"], pad]
+            return writer
+        return super().schema_by_id(schema_id)
+
+
+@pytest.mark.parametrize("kind", ["columnar", "record"])
+def test_poison_pills_among_good_events_are_dead_lettered_fast(kind: str) -> None:
+    """The review's scenario without the broker: 20 ~360-byte messages declaring 60 blocks of
+    65,536 nulls among 2,000 good events. Every good event is scored and each pill
+    dead-lettered for the item budget (issue 12, finding 1; fails without it: the pills are
+    walked, ~32 s each, and scored)."""
+    config = load_settings(
+        None,
+        {
+            "schema": {
+                "wire_format": "confluent",
+                "registry_url": "http://registry.invalid",
+                "decoder": kind,
+                "reader": str(REPO / "schemas/transaction.avsc"),
+                "alert": str(REPO / "schemas/alert.avsc"),
+            },
+            "model": {"path": str(REPO / "models/fraud/1")},
+        },
+        environ={},
+    )
+    registry = PoisonRegistry()
+    sink = RecordingSink()
+    pipeline = Pipeline(
+        build_decoder(config, READER, registry),  # type: ignore[arg-type]
+        LiveModels(ModelSet(load_model(config, READER))),
+        _encoder(),
+        ALERTS,
+        DLQ,
+        "poison",
+    )
+    events, _ = TransactionGenerator(seed=12).generate(2_000)
+    values: list[bytes | None] = [encode(e, "confluent") for e in events]
+    pill_tail = b"\x80\x80\x08" * 60 + b"\x00"  # 60 blocks of 65,536 nulls, then the end
+    for k in range(20):
+        at = 50 + k * 97
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, PARSED, events[at])
+        values[at] = frame_body("confluent", body.getvalue() + pill_tail, schema_id=7)
+    pills = {50 + k * 97 for k in range(20)}
+    output = pipeline.process(records_for(values))
+    sink.messages.extend(output.messages)
+    result = output.result
+    assert result.consumed == 2_000
+    assert result.dead_lettered == 20
+    assert result.flagged + result.unflagged == 1_980
+    dead = [dict(h) for topic, _, _, h in sink.messages if topic == DLQ]
+    assert {int(h["source.offset"]) for h in dead} == pills
+    # The first 16 spend the batch's budget (their first blocks fit the record's), so the
+    # last ones are refused by it: either way, for the item budget.
+    reasons = [h["error.message"] for h in dead]
+    assert all(b"MAX_RECORD_ITEMS" in r or b"MAX_BATCH_ITEMS" in r for r in reasons), reasons
+    assert sum(b"MAX_RECORD_ITEMS" in r for r in reasons) == 16

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from stream_scorer.consume import MessageBatch
-from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, Decoder
+from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, Decoder, Framing
 from stream_scorer.encode import AlertEncoder, EventFields
 from stream_scorer.errors import FatalError, ModelError
 from stream_scorer.featurize import FeatureBuilder
@@ -161,7 +161,7 @@ def build(
     ) -> tuple[Processing, Outputs]:
         sink = Outputs()
         pipeline = Pipeline(
-            decoder=decoder or AvroDecoder(reader_schema, "plain"),
+            decoder=decoder or AvroDecoder(Framing(reader_schema, "plain")),
             models=LiveModels(ModelSet(_loaded(scorer_cls(card)))),
             encoder=AlertEncoder(
                 alert_schema, b"", "test-version", EventFields("transaction_id", "event_time")
@@ -389,7 +389,7 @@ def test_consumed_batch_scores_like_its_records(
             for r in batch
         ]
     )  # fmt: skip
-    pipeline, _ = build(decoder=ColumnarAvroDecoder(reader_schema, "plain"))
+    pipeline, _ = build(decoder=ColumnarAvroDecoder(Framing(reader_schema, "plain")))
 
     expected = pipeline.process(batch)
     result = pipeline.process(as_messages)
@@ -435,7 +435,9 @@ def test_unreachable_registry_is_fatal_and_produces_nothing(
     build: Build, reader_schema: dict[str, Any], make_record: MakeRecord
 ) -> None:
     """A registry outage during decode propagates as FatalError before anything is produced."""
-    pipeline, sink = build(decoder=AvroDecoder(reader_schema, "confluent", registry=DownRegistry()))
+    pipeline, sink = build(
+        decoder=AvroDecoder(Framing(reader_schema, "confluent", registry=DownRegistry()))
+    )
 
     with pytest.raises(FatalError, match="cannot fetch writer schema 7"):
         pipeline.process([make_record(b"\x00\x00\x00\x00\x07body")])
@@ -458,7 +460,7 @@ def test_flagged_event_that_does_not_decode_whole_is_dead_lettered(
     good = avro_bytes(reader_schema, event)
     broken = good.replace("Globex\u00e9".encode(), b"Globex\xff\xfe")
     assert broken != good and len(broken) == len(good)
-    pipeline, sink = build(decoder=ColumnarAvroDecoder(reader_schema, "plain"))
+    pipeline, sink = build(decoder=ColumnarAvroDecoder(Framing(reader_schema, "plain")))
 
     result = pipeline.process(records(90.0, broken, 10.0))
 
