@@ -46,6 +46,7 @@ from stream_scorer.app import (
 from stream_scorer.commit import OffsetCommitter, partition_spans, spans_to_offsets
 from stream_scorer.consume import BatchConsumer, consumer_config, max_poll_interval_s
 from stream_scorer.errors import ConfigurationError, FatalError, PublishError
+from stream_scorer.logging import librdkafka_logger
 from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
 from stream_scorer.pipeline import BatchResult, Pipeline, event_timestamps_ms
 from stream_scorer.publish import (
@@ -250,6 +251,7 @@ class Runner:
         )
         cconf["error_cb"] = self._on_kafka_error
         cconf["on_commit"] = self._committer.on_commit
+        cconf["logger"] = pconf["logger"] = librdkafka_logger()  # librdkafka lines → structlog
         publisher = ResultPublisher(pconf, settings.delivery.flush_timeout_s)
         consumer = BatchConsumer(
             cconf,
