@@ -20,8 +20,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# Only what the wheel is made of (pyproject.toml names README.md as its readme).
-COPY pyproject.toml README.md ./
+# Only what the wheel is made of (pyproject.toml names README.md and LICENSE; setup.py copies
+# the schemas, models and example config into the package).
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE scorer.example.toml ./
+COPY schemas/ schemas/
+COPY models/ models/
 COPY stream_scorer/ stream_scorer/
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \

@@ -12,7 +12,7 @@ ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv venv-train demo test test-unit test-integration test-fast lint format \
-        typecheck check model broker broker-fetch bench compose-check promtool clean
+        typecheck check model broker broker-fetch bench compose-check promtool wheel clean
 
 help:
 	@echo "make demo              run the demo (embedded mock broker, synthetic events, live view)"
@@ -24,6 +24,7 @@ help:
 	@echo "make model             retrain models/fraud/1 and models/churn/1 from the seeded generators"
 	@echo "make broker            run the repo's single-node Kafka broker in the foreground"
 	@echo "make bench             benchmarks (bench/README.md)"
+	@echo "make wheel             build dist/stream_scorer-*.whl (schemas, models, example inside)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,5 +98,10 @@ compose-check: venv promtool
 	promtool check config deploy/prometheus/prometheus.yml
 	$(PY) -m pytest -q tests/unit/test_deploy.py tests/unit/test_prometheus_rules.py tests/unit/test_k8s.py
 
+# The wheel carries the schemas, the models and the example config (setup.py's build hook);
+# tests/unit/test_packaging.py installs one into a clean virtual environment.
+wheel: venv
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) dist build .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

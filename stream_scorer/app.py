@@ -39,6 +39,7 @@ from stream_scorer.delivery.publish import (
 )
 from stream_scorer.encode import AlertEncoder, EventFields
 from stream_scorer.errors import ConfigurationError, FatalError
+from stream_scorer.logging import librdkafka_logger
 from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
@@ -356,9 +357,12 @@ def build_runner(
     flush_timeout_s = settings.delivery.flush_timeout_s
     # At-least-once commits asynchronously: the committer hears the outcomes in on_commit.
     committer = None if exactly_once else OffsetCommitter(metrics.observe_commit)
+    # librdkafka's own log lines go through structlog (rate-limited), not raw to stderr.
+    kafka_log = librdkafka_logger()
     consumer = BatchConsumer(
         {
             **cconf,
+            "logger": kafka_log,
             "error_cb": on_kafka_error,
             **({} if committer is None else {"on_commit": committer.on_commit}),
         },
@@ -368,7 +372,7 @@ def build_runner(
         settings.batch.linger_ms / 1000.0,
         on_lag=on_lag,
     )
-    pconf = {**pconf, "error_cb": on_kafka_error}
+    pconf = {**pconf, "logger": kafka_log, "error_cb": on_kafka_error}
     delivery: Delivery
     if committer is None:
         delivery = ExactlyOnceDelivery(

@@ -1,93 +1,185 @@
-"""Command line: ``run``, ``config check``, ``produce``, ``score-file`` and ``demo``.
+"""Command line: ``run``, ``config check|example``, ``produce``, ``score-file`` and ``demo``.
 
-``main()`` returns the exit code: 0 for a clean stop, 1 for a fatal error, 2 for bad
-configuration. Flags cover per-invocation choices only; everything else is settings (TOML file
-plus ``STREAM_SCORER_*`` environment variables).
+``main()`` returns the exit code (README "Exit codes"):
+
+- 0: success or a clean stop (SIGTERM/SIGINT during ``run``; output closed early by its
+  reader, e.g. ``score-file ... | head``);
+- 1: a fatal error while running (broker, model or delivery failure; an input file that
+  breaks off midway);
+- 2: nothing was done because the command, its configuration or its input is wrong (argparse
+  usage errors, bad settings, unreadable schema or model, missing or non-Avro input file);
+- 130: interrupted by Ctrl-C outside ``run`` (which treats it as a clean stop).
+
+Every error is one line on stderr, ``stream-scorer: <kind>: <what>``, never a traceback (with
+``--log-level debug`` an unexpected error also logs its traceback). Flags cover per-invocation
+choices only; everything else is settings (TOML file plus ``STREAM_SCORER_*`` environment
+variables).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from stream_scorer import __version__
 from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.logging import configure_logging
-from stream_scorer.settings import ENV_PREFIX, Settings, load_settings
+from stream_scorer.settings import ENV_PREFIX, Settings, load_settings, resource_root
 
 __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
 
-#: Exit codes.
+#: Exit codes (module docstring; README "Exit codes").
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+#: Ctrl-C outside ``run``: the shell's convention, 128 + SIGINT.
+EXIT_INTERRUPTED = 130
+#: First bytes of every Avro object container file.
+AVRO_MAGIC = b"Obj\x01"
+#: The example configuration shipped with the package (``config example`` prints it).
+EXAMPLE_CONFIG = "scorer.example.toml"
 
 
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help=f"TOML settings file; any key can be overridden by {ENV_PREFIX}<SECTION>__<KEY>",
-    )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block would bury the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message> (see --help)`` and exit 2."""
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        msg = f"not an integer: {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value < 1:
-        msg = f"must be at least 1, got {value}"
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        msg = f"expected a number >= 0, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _non_negative_float(text)
+    if value == 0:
+        msg = f"expected a number > 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a share between 0 and 1."""
+    value = _non_negative_float(text)
+    if value > 1:
+        msg = f"expected a share between 0 and 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a whole number >= 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _add_config(parser: argparse.ArgumentParser, log_level: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML settings file (relative paths in it resolve against its folder); any key "
+        f"can be overridden by {ENV_PREFIX}<SECTION>__<KEY>. Default: built-in defaults, with "
+        "the schemas and model shipped in the package",
+    )
+    if log_level:
+        parser.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            help=f"lowest level logged; beats log.level and {ENV_PREFIX}LOG__LEVEL",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stream-scorer",
         description="Score Avro events from Kafka with an ONNX model; publish the flagged ones.",
+        epilog="Exit codes: 0 success or clean stop, 1 fatal error while running, 2 bad "
+        "command, configuration or input (nothing done), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"stream-scorer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the scoring service")
     _add_config(run)
 
-    check = sub.add_parser("check", help="validate config, schemas and model binding")
-    _add_config(check)
-    config = sub.add_parser("config", help="configuration commands")
-    config_sub = config.add_subparsers(dest="config_command", required=True)
+    # `config check` is the one way to check: a short `check` duplicate was removed, so the
+    # `config` group stays the home of everything about configuration (check, example).
+    config = sub.add_parser("config", help="configuration commands: check, example")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_check = config_sub.add_parser(
         "check", help="validate config, schemas and model binding without touching Kafka"
     )
     _add_config(config_check)
+    config_sub.add_parser(
+        "example", help="print the example configuration (every key, with its default)"
+    )
 
     produce = sub.add_parser("produce", help="produce synthetic transactions to topics.input")
     _add_config(produce)
-    produce.add_argument("--rate", type=float, default=2000.0, help="events/s; 0 = max speed")
-    produce.add_argument("--count", type=int, default=None, help="how many (default: forever)")
-    produce.add_argument("--seed", type=int, default=7, help="generator seed")
-    produce.add_argument("--fraud-rate", type=float, default=0.01)
-    produce.add_argument("--corrupt-rate", type=float, default=0.0,
-                         help="share of deliberately undecodable messages")  # fmt: skip
+    produce.add_argument(
+        "--rate",
+        type=_non_negative_float,
+        default=2000.0,
+        help="events/s (default 2000); 0 = as fast as possible",
+    )
+    produce.add_argument(
+        "--count", type=_positive_int, default=None, help="how many events (default: until Ctrl-C)"
+    )
+    produce.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="generator seed: the same seed gives the same events (default 7)",
+    )
+    produce.add_argument(
+        "--fraud-rate",
+        type=_fraction,
+        default=0.01,
+        help="share of fraudulent events, 0-1 (default 0.01)",
+    )
+    produce.add_argument(
+        "--corrupt-rate",
+        type=_fraction,
+        default=0.0,
+        help="share of deliberately undecodable messages, 0-1 (default 0)",
+    )
 
     score_file = sub.add_parser("score-file", help="score an Avro container file offline")
     _add_config(score_file)
     score_file.add_argument("input", type=Path, help="Avro object container file of events")
     score_file.add_argument(
-        "--output", "-o", type=Path, default=None,
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
         help=".avro or .jsonl file (default: JSON lines on stdout)",
-    )  # fmt: skip
+    )
 
     top = sub.add_parser(
         "top", help="live view of running instances from their /metrics (rates, lag, latency)"
@@ -113,13 +205,24 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="run producer, broker and scorer on this machine")
-    demo.add_argument("--config", type=Path)
-    demo.add_argument("--duration", type=float, default=None, help="seconds, then stop")
+    _add_config(demo, log_level=False)
     demo.add_argument(
-        "--bootstrap-servers", default=None,
+        "--duration",
+        type=_positive_float,
+        default=None,
+        help="seconds, then stop (default: until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--bootstrap-servers",
+        default=None,
         help="use this real cluster instead of the embedded mock cluster",
-    )  # fmt: skip
-    demo.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
+    )
+    demo.add_argument(
+        "--rate",
+        type=_non_negative_float,
+        default=2000.0,
+        help="events/s produced (default 2000); 0 = as fast as possible",
+    )
     return parser
 
 
@@ -162,26 +265,53 @@ def _check(settings: Settings) -> int:
     return EXIT_OK
 
 
+def _top(args: argparse.Namespace) -> int:
+    from stream_scorer.top import run_top  # noqa: PLC0415
+
+    if args.interval <= 0:
+        msg = f"--interval must be above 0, got {args.interval}"
+        raise ConfigurationError(msg)
+    try:
+        return run_top(args.urls, args.interval, sys.stdout, args.once)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _replay_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from stream_scorer.app import build_privacy  # noqa: PLC0415
+    from stream_scorer.dlq_replay import replay_dead_letters  # noqa: PLC0415
+
+    _, cipher = build_privacy(settings)
+    replay = replay_dead_letters(
+        settings.kafka.client_config(),
+        settings.topics.dead_letter,
+        args.to or settings.topics.input,
+        {} if cipher is None else {cipher.key_id: cipher},
+        args.limit,
+    )
+    sys.stdout.write(
+        f"replayed {replay.replayed} of {replay.read} dead letters from "
+        f"{settings.topics.dead_letter} to {args.to or settings.topics.input}"
+        f"{f'; {replay.refused} not decryptable, left in place' if replay.refused else ''}\n"
+    )
+    return EXIT_FATAL if replay.refused else EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
+    if command == "config" and args.config_command == "example":
+        sys.stdout.write((resource_root() / EXAMPLE_CONFIG).read_text(encoding="utf-8"))
+        return EXIT_OK
     if command == "demo":
         from stream_scorer.devtools.demo import run_demo  # noqa: PLC0415 - keep CLI start-up light
 
         configure_logging("error", "auto", cache=False)
         return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout)
     if command == "top":
-        from stream_scorer.top import run_top  # noqa: PLC0415
-
-        if args.interval <= 0:
-            msg = f"--interval must be above 0, got {args.interval}"
-            raise ConfigurationError(msg)
-        try:
-            return run_top(args.urls, args.interval, sys.stdout, args.once)
-        except KeyboardInterrupt:
-            return EXIT_OK
+        return _top(args)
     settings = _settings(args)
     configure_logging(settings.log.level, settings.log.format)
-    if command in {"check", "config"}:
+    if command == "config":
         return _check(settings)
     if command == "run":
         from stream_scorer.app import build_runner  # noqa: PLC0415
@@ -206,44 +336,84 @@ def _dispatch(args: argparse.Namespace) -> int:
         from stream_scorer.app import event_fields, load_model, load_schema  # noqa: PLC0415
         from stream_scorer.offline import score_file  # noqa: PLC0415
 
+        _check_avro_file(args.input)
         reader = load_schema(settings.schema_.reader, "schema.reader")
         model = load_model(settings, reader)
         fields = event_fields(settings, model.card, reader)
-        counts = score_file(
-            args.input, model, settings.batch.max_size, args.output or sys.stdout, fields
-        )
+        try:
+            counts = score_file(
+                args.input, model, settings.batch.max_size, args.output or sys.stdout, fields
+            )
+        except (OSError, EOFError, ValueError) as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            msg = f"score-file: {args.input}: {exc}"
+            raise FatalError(msg) from exc
         log.info("scored_file", **counts)
         return EXIT_OK
     if command == "dead-letters":
-        from stream_scorer.app import build_privacy  # noqa: PLC0415
-        from stream_scorer.dlq_replay import replay_dead_letters  # noqa: PLC0415
-
-        _, cipher = build_privacy(settings)
-        replay = replay_dead_letters(
-            settings.kafka.client_config(),
-            settings.topics.dead_letter,
-            args.to or settings.topics.input,
-            {} if cipher is None else {cipher.key_id: cipher},
-            args.limit,
-        )
-        sys.stdout.write(
-            f"replayed {replay.replayed} of {replay.read} dead letters from "
-            f"{settings.topics.dead_letter} to {args.to or settings.topics.input}"
-            f"{f'; {replay.refused} not decryptable, left in place' if replay.refused else ''}\n"
-        )
-        return EXIT_FATAL if replay.refused else EXIT_OK
+        return _replay_dead_letters(settings, args)
     msg = f"unknown command {command}"
     raise AssertionError(msg)
 
 
+def _check_avro_file(path: Path) -> None:
+    """Refuse a missing, unreadable or non-Avro input before loading the model.
+
+    Raises:
+        ConfigurationError: The file cannot be read or is not an Avro object container.
+    """
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(len(AVRO_MAGIC))
+    except OSError as exc:
+        msg = f"score-file: cannot read {path}: {exc.strerror or exc}"
+        raise InputError(msg) from exc
+    if magic != AVRO_MAGIC:
+        msg = f"score-file: {path} is not an Avro object container file (no 'Obj\\x01' header)"
+        raise InputError(msg)
+
+
+class InputError(ConfigurationError):
+    """An input file named on the command line is missing or not what the command reads."""
+
+
+def _quiet_broken_pipe() -> int:
+    # The reader went away (`| head`): what was wanted was written. Point stdout at devnull so
+    # the interpreter's final flush does not raise again, and stop quietly (Python docs,
+    # "Note on SIGPIPE").
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run the command, and map errors to exit codes."""
+    """Parse arguments, run the command, and map errors to exit codes (module docstring)."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        # Flush here, not at interpreter exit, so a closed pipe is caught below.
+        sys.stdout.flush()
+    except InputError as exc:
+        sys.stderr.write(f"stream-scorer: input error: {exc}\n")
+        return EXIT_CONFIG
     except ConfigurationError as exc:
         sys.stderr.write(f"stream-scorer: configuration error: {exc}\n")
         return EXIT_CONFIG
     except FatalError as exc:
         sys.stderr.write(f"stream-scorer: fatal: {exc}\n")
         return EXIT_FATAL
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        sys.stderr.write("stream-scorer: interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the last resort: one line, never a traceback
+        log.debug("unexpected_error", exc_info=True)
+        sys.stderr.write(
+            f"stream-scorer: unexpected error: {type(exc).__name__}: {exc} "
+            "(--log-level debug logs the traceback)\n"
+        )
+        return EXIT_FATAL
+    return code

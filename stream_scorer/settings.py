@@ -6,14 +6,33 @@ TOML file given with ``--config``, then the defaults below. librdkafka propertie
 verbatim from ``[kafka.common]``, ``[kafka.consumer]`` and ``[kafka.producer]``; from the
 environment they are given as JSON (``STREAM_SCORER_KAFKA__CONSUMER='{"fetch.wait.max.ms": 5}'``).
 
-Every problem (unknown key, wrong type, value out of range, unreadable file) becomes a
-:class:`~stream_scorer.errors.ConfigurationError` naming the key.
+Paths (every key typed as a path: ``schema.reader``, ``schema.alert``, ``schema.writers``,
+``model.path``, ``kafka.sasl_password_file``...) follow one rule:
+
+- a relative path in the TOML file resolves against **the folder of that file**, so a config
+  works from any working directory;
+- a path from an environment variable or a command-line override is used as given (a relative
+  one resolves against the working directory, as any shell user expects);
+- a key set nowhere takes its default, which names a file **shipped with the package** (the
+  schemas and the fraud model): installed from a wheel it is the copy inside the package, in a
+  source checkout the repository's ``schemas/`` and ``models/``;
+- absolute paths are used as given, wherever they come from. librdkafka passthrough values
+  (``ssl.ca.location``...) are strings, passed to librdkafka untouched.
+
+Every problem (unknown key, wrong type, value out of range, unreadable file, an environment
+value that is not JSON where JSON is expected) becomes a
+:class:`~stream_scorer.errors.ConfigurationError` naming the key, and never quoting the value of a
+secret, of an unknown key (a misspelt ``sasl_pasword`` is still a password) or of a whole section.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -29,8 +48,10 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -51,14 +72,36 @@ __all__ = [
     "TopicSettings",
     "load_settings",
     "masked",
+    "resource_root",
 ]
 
 #: Prefix of every environment variable the service reads.
 ENV_PREFIX = "STREAM_SCORER_"
 #: Separates a section from its key in environment variable names.
 ENV_NESTED_DELIMITER = "__"
-#: Substrings that mark a librdkafka property or settings key as secret when logged.
-SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private")
+#: Substrings that mark a librdkafka property or settings key as secret: its value is masked
+#: when logged and never quoted in an error. librdkafka's own secret properties are matched
+#: explicitly (sasl.oauthbearer.config holds client secrets; ssl.key.pem and ssl_key the private
+#: key; *.user.info is the registry client's "user:password"); the generic words catch the rest.
+SECRET_MARKERS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "private",
+    "credential",
+    "key.pem",
+    "ssl_key",
+    "ssl.key",
+    "keystore",
+    "oauthbearer.config",
+    "jaas",
+    "user.info",
+    "userinfo",
+)
+#: Longest quoted value in an error message; longer values are cut (a wrong value is recognised
+#: by its start, and a pasted blob must not flood the terminal).
+MAX_QUOTED_VALUE = 60
 
 LibrdkafkaValue = str | int | float | bool
 
@@ -498,12 +541,172 @@ def _check_env_keys(environ: Mapping[str, str]) -> None:
             raise ConfigurationError(msg)
 
 
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(marker in lowered for marker in SECRET_MARKERS)
+
+
+def _field_is_secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether ``loc`` names a field typed ``SecretStr`` (whatever its name says)."""
+    model: Any = Settings
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        field = next(
+            (
+                info
+                for name, info in model.model_fields.items()
+                if part in (name, info.serialization_alias)
+            ),
+            None,
+        )
+        if field is None:
+            return False
+        if SecretStr in _annotation_types(field.annotation):
+            return True
+        model = field.annotation
+    return False
+
+
+def _annotation_types(annotation: Any) -> set[Any]:
+    """The types an annotation admits: ``Path | None`` → {Path, NoneType}."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return {t for arg in typing.get_args(annotation) for t in _annotation_types(arg)}
+    return {annotation}
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED_VALUE else text[: MAX_QUOTED_VALUE - 3] + "..."
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming every bad key, quoting a value only where that cannot leak a secret.
+
+    A value is quoted only when it is a plain scalar of a known, non-secret key. Never quoted: a
+    key whose name or type says secret, an unknown key (``sasl_pasword = "..."`` is a password
+    with a typo), and a whole section or table (a cross-field rule reports its section, which
+    holds the password next to the faulty key).
+    """
     problems = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        value = error.get("input")
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+            continue
+        quotable = (
+            isinstance(value, str | int | float | bool)
+            and not any(_is_secret_name(str(part)) for part in loc)
+            and not _field_is_secret(loc)
+        )
+        got = f" (got {_quote(value)})" if quotable else ""
+        problems.append(f"{key}: {error['msg']}{got}")
     return f"invalid configuration ({source}): " + "; ".join(problems)
+
+
+#: A nested environment variable: STREAM_SCORER_<SECTION>__<KEY>.
+_ENV_KEY = re.compile(
+    rf"^{ENV_PREFIX}(?P<section>[A-Za-z0-9_]+?){ENV_NESTED_DELIMITER}(?P<key>[A-Za-z0-9_]+)$",
+    re.IGNORECASE,
+)
+
+
+def _check_env_json(environ: Mapping[str, str]) -> None:
+    """Refuse a variable for a table (``kafka.common``...) whose value is not a JSON object.
+
+    pydantic-settings would raise a bare ``SettingsError`` naming only the section; this names
+    the variable (never its value, which may hold ``sasl.password``).
+    """
+    for name, value in environ.items():
+        match = _ENV_KEY.match(name)
+        if match is None:
+            continue
+        field = _section_field(match["section"].lower(), match["key"].lower())
+        if field is None or not any(
+            typing.get_origin(t) is dict or t is dict for t in _annotation_types(field.annotation)
+        ):
+            continue
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            msg = (
+                f"environment variable {name}: not a JSON object; give librdkafka properties "
+                "as JSON, e.g. '{\"fetch.wait.max.ms\": 5}'"
+            )
+            raise ConfigurationError(msg)
+
+
+def _section_field(section: str, key: str) -> Any:
+    for name, info in Settings.model_fields.items():
+        if section in (name, info.serialization_alias):
+            model = info.annotation
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                return model.model_fields.get(key)
+    return None
+
+
+def resource_root() -> Path:
+    """The folder holding the shipped ``schemas/``, ``models/`` and ``scorer.example.toml``.
+
+    In an installed wheel it is ``stream_scorer/resources`` (setup.py copies the files there at
+    build time); in a source checkout or an editable install, the repository root.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "resources"
+    return installed if installed.is_dir() else package.parent
+
+
+def _path_keys() -> dict[str, set[str]]:
+    """Keys typed as paths, per section (by their TOML name): they follow the path rule."""
+    keys: dict[str, set[str]] = {}
+    for name, info in Settings.model_fields.items():
+        model = info.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        section = info.serialization_alias or name
+        for key, field in model.model_fields.items():
+            admitted = _annotation_types(field.annotation)
+            if Path in admitted or any(
+                typing.get_origin(t) is tuple and Path in typing.get_args(t) for t in admitted
+            ):
+                keys.setdefault(section, set()).add(key)
+    return keys
+
+
+def _resolve_file_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The TOML data with relative path values made absolute against ``folder``."""
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(folder / value)
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    for section, keys in _path_keys().items():
+        table = data.get(section)
+        if isinstance(table, dict):
+            for key in keys & table.keys():
+                table[key] = resolve(table[key])
+    return data
+
+
+def _resolve_defaults(settings: Settings, dumped: dict[str, Any]) -> dict[str, Any]:
+    """Relative defaults of path keys set nowhere point into :func:`resource_root`."""
+    root = resource_root()
+    for name, info in Settings.model_fields.items():
+        section_name = info.serialization_alias or name
+        section = getattr(settings, name)
+        for key in _path_keys().get(section_name, set()) - section.model_fields_set:
+            value = getattr(section, key)
+            if isinstance(value, Path) and not value.is_absolute():
+                dumped[section_name][key] = root / value
+    return dumped
 
 
 def load_settings(
@@ -524,32 +727,63 @@ def load_settings(
     Raises:
         ConfigurationError: Unreadable file, unknown key, wrong type or value; names the key.
     """
-    _check_env_keys(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    _check_env_keys(env)
+    _check_env_json(env)
     source = str(config_path) if config_path is not None else "defaults and environment"
+    data: dict[str, Any] = {}
     if config_path is not None:
         try:
             with config_path.open("rb") as fh:
-                tomllib.load(fh)  # parse once here for a clear error; pydantic reads it again
+                data = tomllib.load(fh)
         except OSError as exc:
             msg = f"cannot read config file {config_path}: {exc}"
             raise ConfigurationError(msg) from exc
         except tomllib.TOMLDecodeError as exc:
             msg = f"config file {config_path} is not valid TOML: {exc}"
             raise ConfigurationError(msg) from exc
+        data = _resolve_file_paths(data, config_path.absolute().parent)
 
     class _FileSettings(Settings):
-        model_config = SettingsConfigDict(toml_file=config_path)
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # The file's data with its paths already resolved, below the environment.
+            del dotenv_settings, file_secret_settings
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, data))
 
     try:
         settings = _FileSettings(**dict(overrides or {}))
     except ValidationError as exc:
         raise ConfigurationError(_format_validation_error(exc, source)) from exc
-    return Settings.model_validate(settings.model_dump(by_alias=True))
+    except SettingsError as exc:
+        # Only reached for a source problem _check_env_json did not foresee; its message
+        # names the section and the source, never the value.
+        msg = f"invalid configuration ({source}): {exc}"
+        raise ConfigurationError(msg) from exc
+    dumped = _resolve_defaults(settings, settings.model_dump(by_alias=True))
+    return Settings.model_validate(dumped)
 
 
 def masked(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a flat librdkafka config with secret values replaced, for logging."""
-    return {
-        key: "*****" if any(marker in key.lower() for marker in SECRET_MARKERS) else value
-        for key, value in config.items()
-    }
+    """A copy of a flat librdkafka config with secret values replaced, for logging.
+
+    A key is secret when its name contains one of :data:`SECRET_MARKERS` (``sasl.password``,
+    ``sasl.oauthbearer.config``, ``ssl.key.password``, ``ssl.keystore.password``, ``ssl.key.pem``
+    ...). Callables (callbacks) and loggers are shown by their type name only.
+    """
+    shown: dict[str, Any] = {}
+    for key, value in config.items():
+        if _is_secret_name(key):
+            shown[key] = "*****"
+        elif callable(value) or not isinstance(value, str | int | float | bool | None):
+            shown[key] = f"<{type(value).__name__}>"
+        else:
+            shown[key] = value
+    return shown

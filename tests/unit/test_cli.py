@@ -1,15 +1,19 @@
-"""The command line: exit codes and messages of `config check` and `score-file`."""
+"""The command line: exit codes, one-line errors, help texts, and secrets never printed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
+from prometheus_client import REGISTRY
 
 from stream_scorer import cli
 from stream_scorer.devtools.generate import TransactionGenerator
@@ -36,6 +40,15 @@ def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
         configure_logging(level, fmt, cache=False)
 
     monkeypatch.setattr(cli, "configure_logging", uncached)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_registry() -> Iterator[None]:
+    """`run` in-process registers its metrics in the default registry: undo it per test."""
+    before = set(REGISTRY._collector_to_names)  # no public listing of collectors
+    yield
+    for collector in set(REGISTRY._collector_to_names) - before:
+        REGISTRY.unregister(collector)
 
 
 @pytest.fixture
@@ -88,10 +101,13 @@ def test_config_check_does_not_contact_the_registry(
     assert "wire format confluent" in capsys.readouterr().out
 
 
-def test_check_alias(write_config: WriteConfig, capsys: pytest.CaptureFixture[str]) -> None:
-    """The short `check` command does the same as `config check`."""
-    assert cli.main(["check", "--config", str(write_config())]) == 0
-    assert capsys.readouterr().out.startswith("ok: config valid")
+def test_check_duplicate_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    """The undocumented `check` duplicate of `config check` is refused as a usage error."""
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["check"])
+
+    assert caught.value.code == 2
+    assert "invalid choice: 'check'" in capsys.readouterr().err
 
 
 def test_unknown_key_exits_2_naming_it(
@@ -196,3 +212,264 @@ def test_run_refuses_to_start_before_touching_kafka(
     err = capsys.readouterr().err
     assert code == 2
     assert named in err
+
+
+def _actions(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:  # argparse offers no public walk over its options
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _actions(child, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_option_has_help_text() -> None:
+    """Every option and argument of every command says what it does in --help."""
+    missing = [
+        f"{path} {action.dest}"
+        for path, action in _actions(cli._parser(), "stream-scorer")
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
+
+    assert not missing, f"no help text: {missing}"
+    helps = {(p, a.dest): a.help for p, a in _actions(cli._parser(), "stream-scorer")}
+    assert "log.level" in str(helps["stream-scorer run", "log_level"])
+    assert "fraudulent" in str(helps["stream-scorer produce", "fraud_rate"])
+    assert "TOML" in str(helps["stream-scorer demo", "config"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["produce", "--rate", "-5"],
+        ["produce", "--rate", "nan"],
+        ["produce", "--count", "0"],
+        ["produce", "--fraud-rate", "1.5"],
+        ["produce", "--corrupt-rate", "-0.1"],
+        ["demo", "--duration", "0"],
+        ["demo", "--rate", "-1"],
+        ["run", "--log-level", "loud"],
+    ],
+    ids=" ".join,
+)
+def test_bad_option_values_are_refused_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value out of range is a usage error: exit 2, one line naming the option."""
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.count("\n") == 1
+    assert f"argument {argv[1]}" in err
+
+
+def test_score_file_on_a_missing_file_exits_2(
+    write_config: WriteConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`score-file` on a file that does not exist: one line naming it, exit 2."""
+    missing = tmp_path / "absent.avro"
+
+    code = cli.main(["score-file", "--config", str(write_config()), str(missing)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"stream-scorer: input error: score-file: cannot read {missing}: " + (
+        "No such file or directory\n"
+    )
+
+
+def test_score_file_on_a_non_avro_file_exits_2(
+    write_config: WriteConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`score-file` on a file that is not an Avro container: one line, exit 2."""
+    text = tmp_path / "events.json"
+    text.write_text('{"amount": 1}\n', encoding="utf-8")
+
+    code = cli.main(["score-file", "--config", str(write_config()), str(text)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert f"{text} is not an Avro object container file" in err
+
+
+def _avro_file(path: Path, schema: dict[str, Any], count: int) -> Path:
+    events, _ = TransactionGenerator(seed=5).generate(count)
+    with path.open("wb") as fh:
+        fastavro.writer(fh, fastavro.parse_schema(schema), events)
+    return path
+
+
+def test_score_file_on_a_truncated_file_exits_1(
+    write_config: WriteConfig,
+    tmp_path: Path,
+    reader_schema: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A container that breaks off midway: one line naming the file, exit 1."""
+    whole = _avro_file(tmp_path / "whole.avro", reader_schema, 2000).read_bytes()
+    cut = tmp_path / "cut.avro"
+    cut.write_bytes(whole[: len(whole) // 2])
+
+    code = cli.main(["score-file", "--config", str(write_config()), str(cut), "-o", "/dev/null"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"stream-scorer: fatal: score-file: {cut}: ")
+    assert err.count("\n") == 1
+
+
+def test_score_file_piped_into_head_exits_quietly(
+    write_config: WriteConfig, tmp_path: Path, reader_schema: dict[str, Any]
+) -> None:
+    """`score-file ... | head -1`: the closed pipe ends the command with exit 0 and no output."""
+    source = _avro_file(tmp_path / "in.avro", reader_schema, 5000)  # ~1 MB of JSON lines
+    pipeline = subprocess.run(  # noqa: S602 - a real shell pipe into head is the case here
+        f"'{sys.executable}' -m stream_scorer score-file --config '{write_config()}' "
+        f"'{source}' | head -n 1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert pipeline.returncode == 0, pipeline.stderr
+    assert pipeline.stderr == ""
+    assert json.loads(pipeline.stdout)["index"] == 0
+
+
+def test_config_example_prints_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """`config example` prints the example configuration shipped with the package."""
+    assert cli.main(["config", "example"]) == 0
+
+    assert capsys.readouterr().out == (REPO_ROOT / "scorer.example.toml").read_text("utf-8")
+
+
+def test_unexpected_error_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error nobody foresaw still ends in one line and exit 1, not a traceback."""
+
+    def broken(args: argparse.Namespace) -> int:
+        del args
+        msg = "boom"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+
+    code = cli.main(["config", "check"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("stream-scorer: unexpected error: RuntimeError: boom")
+    assert err.count("\n") == 1
+
+
+#: A distinct secret per slot, so a leak names its source.
+SECRETS = {
+    "kafka.sasl_password": "Sec-kafka-pw-1",
+    "kafka.sasl_password_file": "Sec-kafka-file-2",
+    "schema.registry_password": "Sec-registry-pw-3",
+    "common.sasl.password": "Sec-common-pw-4",
+    "consumer.sasl.oauthbearer.config": "Sec-oauth-5",
+    "producer.ssl.key.password": "Sec-keypw-6",
+    "common.ssl.keystore.password": "Sec-keystore-7",
+    "common.ssl.key.pem": "Sec-keypem-8",
+    "typo": "Sec-typo-9",
+    "env.sasl_password": "Sec-env-pw-10",
+    "env.common": "Sec-env-common-11",
+}
+
+
+def _secret_config(tmp_path: Path, mistake: str, password_line: str) -> Path:
+    """A config holding secrets in every slot, plus one ``mistake``."""
+    path = tmp_path / "secret.toml"
+    path.write_text(
+        f"""
+[kafka]
+{password_line}
+[kafka.common]
+"sasl.password" = "{SECRETS["common.sasl.password"]}"
+"ssl.keystore.password" = "{SECRETS["common.ssl.keystore.password"]}"
+"ssl.key.pem" = "{SECRETS["common.ssl.key.pem"]}"
+[kafka.consumer]
+"sasl.oauthbearer.config" = "{SECRETS["consumer.sasl.oauthbearer.config"]}"
+[kafka.producer]
+"ssl.key.password" = "{SECRETS["producer.ssl.key.password"]}"
+[schema]
+registry_password = "{SECRETS["schema.registry_password"]}"
+wire_format = "plain"
+[model]
+path = "{FRAUD_MODEL}"
+[metrics]
+enabled = false
+{mistake}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+#: Each configuration mistake the CLI must report without a secret: (TOML added, env added).
+MISTAKES: dict[str, tuple[str, dict[str, str]]] = {
+    "both-passwords": ("", {}),
+    "misspelt-key": ("[kafka.x]\n", {}),
+    "typo-next-to-password": ("", {}),
+    "empty-registry-url": ("", {"STREAM_SCORER_SCHEMA__REGISTRY_URL": "",
+                                "STREAM_SCORER_SCHEMA__WIRE_FORMAT": "confluent"}),
+    "same-topics": ("[topics]\ninput = 'a'\nalerts = 'a'\n", {}),
+    "wrong-type": ("[batch]\nmax_size = 'lots'\n", {}),
+    "env-not-json": ("", {"STREAM_SCORER_KAFKA__COMMON": "not json " + SECRETS["env.common"]}),
+    "env-unknown-section": ("", {"STREAM_SCORER_KAFAK__SASL_PASSWORD":
+                                 SECRETS["env.sasl_password"]}),
+    "env-wrong-type": ("", {"STREAM_SCORER_KAFKA__SASL_PASSWORD": SECRETS["env.sasl_password"],
+                            "STREAM_SCORER_KAFKA__SASL_USERNAME": "1",
+                            "STREAM_SCORER_METRICS__PORT": "-1"}),
+    "unreadable-password-file": ("", {}),
+    "missing-model": ("", {"STREAM_SCORER_MODEL__PATH": "/nonexistent/model"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["config", "check"], ["run"], ["score-file", "x.avro"]])
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_config_errors_never_print_a_secret(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mistake: str,
+    command: list[str],
+) -> None:
+    """Secrets planted in every slot appear nowhere in the output of any config error path."""
+    password_file = tmp_path / "kafka-password"
+    password_file.write_text(SECRETS["kafka.sasl_password_file"], encoding="utf-8")
+    password_line = f'sasl_password = "{SECRETS["kafka.sasl_password"]}"'
+    if mistake == "both-passwords":
+        password_line += f'\nsasl_password_file = "{password_file}"'
+    elif mistake == "typo-next-to-password":
+        password_line += f'\nsasl_pasword = "{SECRETS["typo"]}"'
+    elif mistake == "unreadable-password-file":
+        password_line = f'sasl_password_file = "{tmp_path / "absent"}"'
+    elif mistake in {"env-not-json", "env-wrong-type"}:
+        password_line = f'sasl_password_file = "{password_file}"'
+    toml, env = MISTAKES[mistake]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    _avro_file(tmp_path / "x.avro", json.loads((SCHEMAS / "transaction.avsc").read_text()), 5)
+    config = _secret_config(tmp_path, toml, password_line)
+
+    code = cli.main([*command, "--config", str(config)])
+
+    out, err = capsys.readouterr()
+    if mistake == "unreadable-password-file" and command[0] != "run":
+        assert code == 0  # the password file is read only by the commands that connect
+    else:
+        # `run` logs its start-up (info) before the error: the error is the last line.
+        assert code == 2, err
+        assert err.splitlines()[-1].startswith("stream-scorer: configuration error: "), err
+    leaked = [slot for slot, secret in SECRETS.items() if secret in out + err]
+    assert not leaked, f"{leaked} printed: {out + err}"

@@ -382,7 +382,7 @@ def test_fills_apply_to_columnar_decoder_columns(
     avro_bytes: Callable[..., bytes],
 ) -> None:
     """Fills work on the service decoder's own columns (strings, longs, doubles), as offline."""
-    from stream_scorer.decode import ColumnarAvroDecoder  # noqa: PLC0415 - only this test
+    from stream_scorer.decode import ColumnarAvroDecoder, Framing  # noqa: PLC0415 - only this test
 
     card = ModelCard.load(
         write_card(
@@ -399,7 +399,7 @@ def test_fills_apply_to_columnar_decoder_columns(
         make_transaction(device_id="d-1", seconds_since_last_txn=60, distance_from_home_km=2.5),
     ]
     records = [make_record(avro_bytes(reader_schema, r), offset=i) for i, r in enumerate(rows)]
-    decoder = ColumnarAvroDecoder(reader_schema, "plain")
+    decoder = ColumnarAvroDecoder(Framing(reader_schema, "plain"))
 
     streamed, kept, rejected = builder.build_batch_inputs(
         decoder.decode(MessageBatch.from_records(records), builder.fields)

@@ -261,12 +261,19 @@ def test_a_deep_writer_schema_dead_letters_its_events_in_the_decoder(
     stub: Stub, reader_schema: dict[str, Any], kind: str
 ) -> None:
     """Through either decoder, a message naming a 2,000-deep schema is rejected, not raised."""
-    from stream_scorer.decode import AvroDecoder, ColumnarAvroDecoder, frame_body  # noqa: PLC0415
+    from stream_scorer.decode import (  # noqa: PLC0415
+        AvroDecoder,
+        ColumnarAvroDecoder,
+        Framing,
+        frame_body,
+    )
     from stream_scorer.records import SourceRecord  # noqa: PLC0415
 
     stub.body = {"schema": nested_schema_text(2_000)}
     decoder_class = AvroDecoder if kind == "record" else ColumnarAvroDecoder
-    decoder = decoder_class(reader_schema, "confluent", registry=SchemaRegistryClient(stub.url))
+    decoder = decoder_class(
+        Framing(reader_schema, "confluent", registry=SchemaRegistryClient(stub.url))
+    )
     records = [
         SourceRecord("t", 0, offset, None, frame_body("confluent", b"\x00", schema_id=9))
         for offset in range(3)

@@ -269,11 +269,11 @@ def test_transient_failures_are_retried(status: int) -> None:
 
 def test_one_failed_fetch_of_a_new_id_is_not_fatal_in_the_decoder() -> None:
     """A 503 on the first fetch of a writer id is retried: the batch decodes, nothing raised."""
-    from stream_scorer.decode import AvroDecoder, frame_body  # noqa: PLC0415
+    from stream_scorer.decode import AvroDecoder, Framing, frame_body  # noqa: PLC0415
     from stream_scorer.records import SourceRecord  # noqa: PLC0415
 
     with serve(flaky(1)) as main:
-        decoder = AvroDecoder(PROBE, "confluent", registry=client(main.url))
+        decoder = AvroDecoder(Framing(PROBE, "confluent", registry=client(main.url)))
         value = frame_body("confluent", b"\x0a", schema_id=3)  # {"a": 5}
 
         batch = decoder.decode(
