@@ -19,7 +19,8 @@ Refused, each with :class:`~stream_scorer.errors.ConfigurationError`:
 
 Signatures (optional): ``model.sig`` beside the card, a sigstore bundle in the OpenSSF
 model-transparency format made by the ``model-signing`` package with a key pair
-(``model_signing sign key --private_key KEY models/fraud/1 --signature models/fraud/1/model.sig``).
+(``model_signing sign key --private_key KEY --signature DIR/model.sig DIR``, or
+:func:`sign_model_folder`).
 It signs the sha256 of every file in the folder, the card included. Policy ``off`` skips it,
 ``verify`` checks a signature when one is present (an unsigned model loads with a warning), and
 ``require`` refuses an unsigned model. After the signature verifies, the signed digests are

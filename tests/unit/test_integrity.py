@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -453,3 +456,50 @@ def test_settings_reach_the_loaded_model(
     (signed_copy / "model.sig").unlink()
     with pytest.raises(ConfigurationError, match="refuses unsigned models"):
         load_configured_model(load_settings(config, environ={}), READER)
+
+
+# --- through the command line -----------------------------------------------------------------
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``stream-scorer check`` in a child process, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream_scorer", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_check_command_refuses_swapped_external_data(make_model: MakeModel, tmp_path: Path) -> None:
+    """`stream-scorer check` exits 2 naming the swapped weights file; the honest copy passes."""
+    folder = make_model()
+    config = tmp_path / "scorer.toml"
+    config.write_text(f'[model]\npath = "{folder}"\n', encoding="utf-8")
+    assert _check(config).returncode == 0
+
+    (folder / WEIGHTS_FILE).write_bytes(_weights(HOSTILE_BIAS))
+    result = _check(config)
+
+    assert result.returncode == 2
+    assert re.search(r"sha256 of \S*weights\.bin is [0-9a-f]{64}", result.stderr + result.stdout)
+
+
+@pytest.mark.slow
+def test_check_command_refuses_an_unsigned_model_in_strict_mode(
+    make_model: MakeModel, key_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With signature = 'require', `stream-scorer check` exits 2 on an unsigned folder."""
+    folder = make_model()
+    config = tmp_path / "scorer.toml"
+    config.write_text(
+        f'[model]\npath = "{folder}"\nsignature = "require"\npublic_key = "{key_pair[1]}"\n',
+        encoding="utf-8",
+    )
+    assert _check(config).returncode == 2
+
+    sign_model_folder(folder, key_pair[0])
+    assert _check(config).returncode == 0
