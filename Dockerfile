@@ -10,7 +10,13 @@
 # The default config (/app/scorer.toml) is scorer.example.toml, i.e. the built-in defaults; mount
 # your own over it or override any key with STREAM_SCORER_<SECTION>__<KEY>.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# Pinned by digest: a tag can be moved to other content, a digest cannot. This is the
+# python:3.11-slim index digest found in public Dockerfiles that build from it (two independent
+# projects, one through the public.ecr.aws mirror); this repo's machines cannot reach a
+# registry, so refresh and re-check it where one is reachable:
+#   docker buildx imagetools inspect python:3.11-slim --format '{{json .Manifest.Digest}}'
+# tests/unit/test_supply_chain.py refuses any FROM without a digest.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # ---- build: wheel + virtual environment ----------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -20,15 +26,23 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
+# Every package comes from a lock file with hashes (uv pip compile --generate-hashes): pip
+# refuses anything unpinned, unhashed or different from what was locked. The build backend is
+# locked too and used without build isolation, which would fetch it unpinned.
+COPY requirements.lock requirements-build.lock ./
+RUN python -m venv /opt/venv \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --no-deps -r requirements-build.lock \
+ && /opt/venv/bin/pip install --require-hashes -r requirements.lock
 # Only what the wheel is made of (pyproject.toml names README.md and LICENSE; setup.py copies
 # the schemas, models and example config into the package).
 COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE scorer.example.toml ./
 COPY schemas/ schemas/
 COPY models/ models/
 COPY stream_scorer/ stream_scorer/
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && python -m venv /opt/venv \
- && /opt/venv/bin/pip install /wheels/stream_scorer-*.whl \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install --no-deps /wheels/stream_scorer-*.whl \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/stream-scorer --version
 
 # ---- runtime -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv venv-train demo test test-unit test-integration test-fast lint format \
-        typecheck check model broker broker-fetch bench compose-check promtool wheel clean
+        typecheck check model broker broker-fetch bench compose-check promtool wheel lock clean
 
 help:
 	@echo "make demo              run the demo (embedded mock broker, synthetic events, live view)"
@@ -26,10 +26,13 @@ help:
 	@echo "make bench             benchmarks (bench/README.md)"
 	@echo "make wheel             build dist/stream_scorer-*.whl (schemas, models, example inside)"
 
-$(VENV)/.installed: pyproject.toml
+# Every package from the hash-locked files (pip refuses anything unpinned or altered); the
+# build backend is locked too and used without build isolation. `make lock` refreshes them.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock requirements-build.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-build.lock
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.installed-train: $(VENV)/.installed
@@ -38,6 +41,16 @@ $(VENV)/.installed-train: $(VENV)/.installed
 
 venv: $(VENV)/.installed
 venv-train: $(VENV)/.installed-train
+
+# Re-resolve the lock files after a dependency change in pyproject.toml (needs network).
+lock: venv
+	$(PY) -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra signing --generate-hashes --universal \
+		--python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra signing --generate-hashes \
+		--universal --python-version 3.11 -o requirements-dev.lock
+	$(BIN)/uv pip compile requirements-build.in --generate-hashes --universal \
+		--python-version 3.11 -o requirements-build.lock
 
 demo: venv
 	$(BIN)/stream-scorer demo $(ARGS)

@@ -48,6 +48,7 @@ REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from stream_scorer.devtools.generate import TransactionGenerator  # noqa: E402
+from stream_scorer.integrity import external_data_locations  # noqa: E402
 
 # Where the model version lives: models/<name>/<version>/.
 MODEL_NAME: Final = "fraud"
@@ -235,6 +236,21 @@ def choose_threshold(y: NDArray[np.bool_], score: NDArray[np.float64]) -> float:
         raise RuntimeError(msg)
     scale = 10**THRESHOLD_DECIMALS
     return float(np.floor(thresholds[ok[0]] * scale) / scale)
+
+
+def file_hashes(onnx_path: Path) -> dict[str, str]:
+    """The card's ``files``: sha256 of model.onnx and of every external-data file it loads.
+
+    Args:
+        onnx_path: The written model; external locations resolve against its folder.
+
+    Returns:
+        File name (as the graph names it) to hex digest, model.onnx first.
+    """
+    # The scorer's own reader of the graph, so training and serving agree on the file list.
+    locations = external_data_locations(onnx_path.read_bytes())
+    names = ["model.onnx", *locations]
+    return {name: sha256_of(onnx_path.parent / name) for name in names}
 
 
 def sha256_of(path: Path) -> str:
@@ -460,6 +476,8 @@ def main() -> None:
             "opset": opset,
         },
         "sha256": sha256_of(onnx_path),
+        # Every file the model loads; the scorer refuses any file missing here.
+        "files": file_hashes(onnx_path),
     }
     (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")

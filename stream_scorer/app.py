@@ -39,6 +39,7 @@ from stream_scorer.delivery.publish import (
 )
 from stream_scorer.encode import AlertEncoder, EventFields
 from stream_scorer.errors import ConfigurationError, FatalError
+from stream_scorer.integrity import IntegrityPolicy
 from stream_scorer.logging import librdkafka_logger
 from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
@@ -114,8 +115,9 @@ def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
         ConfigurationError: Bad card, unbindable input, wrong file hash, a model that fails.
     """
     model = settings.model
+    integrity = IntegrityPolicy(model.verify_sha256, model.signature, model.public_key)
     return load_model_folder(
-        model.path, reader, model.intra_op_threads, model.verify_sha256, model.threshold
+        model.path, reader, model.intra_op_threads, model.verify_sha256, model.threshold, integrity
     )
 
 

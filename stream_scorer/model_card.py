@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,6 +131,8 @@ class ModelCard:
     event_time_field: str | None = None
     #: Field standing for the Kafka key; None means the message key itself.
     key_field: str | None = None
+    #: sha256 of the card file's bytes as read, so a signature can be checked against them.
+    card_sha256: str | None = None
 
     @property
     def model_file(self) -> Path:
@@ -163,18 +165,20 @@ class ModelCard:
         """
         card_file = folder / "model.json"
         try:
-            raw = json.loads(card_file.read_text(encoding="utf-8"))
+            data = card_file.read_bytes()
+            raw = json.loads(data.decode("utf-8"))
         except OSError as exc:
             msg = f"model.path: cannot read model card {card_file}: {exc}"
             raise ConfigurationError(msg) from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             msg = f"model card {card_file} is not valid JSON: {exc}"
             raise ConfigurationError(msg) from exc
         try:
             if not isinstance(raw, dict):
                 msg = f"expected a JSON object, got {type(raw).__name__}"
                 raise TypeError(msg)
-            return cls._from_raw(folder, raw)
+            card = cls._from_raw(folder, raw)
+            return replace(card, card_sha256=hashlib.sha256(data).hexdigest())
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             msg = f"model card {card_file}: {exc}"
             raise ConfigurationError(msg) from exc

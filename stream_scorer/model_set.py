@@ -25,6 +25,7 @@ import structlog
 
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.featurize import FeatureBuilder, ModelInputs
+from stream_scorer.integrity import IntegrityPolicy
 from stream_scorer.model_card import ModelCard, bind_to_schema, field_kind
 from stream_scorer.records import Event, SourceRecord
 from stream_scorer.score import OnnxScorer, Scorer
@@ -170,6 +171,7 @@ def load_model(
     intra_op_threads: int = 0,
     verify_sha256: bool = True,
     threshold: float | None = None,
+    integrity: IntegrityPolicy | None = None,
 ) -> LoadedModel:
     """Load a model folder, bind it to the reader schema, warm it up.
 
@@ -179,13 +181,14 @@ def load_model(
         intra_op_threads: onnxruntime intra-op threads; 0 picks a default.
         verify_sha256: Refuse a file whose hash differs from the card's.
         threshold: Overrides the card's threshold.
+        integrity: Hash and signature policy; overrides ``verify_sha256`` when given.
 
     Raises:
         ConfigurationError: Bad card, unbindable input, wrong file hash, a model that fails.
     """
     card = ModelCard.load(path)
     bind_to_schema(card, reader)
-    scorer = OnnxScorer(card, intra_op_threads, verify_sha256)
+    scorer = OnnxScorer(card, intra_op_threads, verify_sha256, integrity)
     features = FeatureBuilder(card)
     canary = _canary_inputs(features, reader)
     scorer.warm_up(canary)

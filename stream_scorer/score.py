@@ -1,7 +1,8 @@
 """Stage 4: model inputs ``[N, ...]`` → positive-class probabilities ``[N]``, one run per batch.
 
 :class:`OnnxScorer` loads one onnxruntime session at start-up and checks it against the model
-card before it serves: the sha256 of the file, every input's name and element type, and an
+card before it serves: the sha256 of every file it loads (loading the very bytes that were
+hashed, :mod:`stream_scorer.integrity`), every input's name and element type, and an
 output that holds probabilities (``[N, 2]`` takes the card's positive class, ``[N, 1]`` and
 ``[N]`` are taken as they are, a ZipMap sequence of maps works but is logged as slow). It then
 runs one warm-up batch. A model that fails any check raises
@@ -22,7 +23,8 @@ from numpy.typing import NDArray
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from stream_scorer.errors import ConfigurationError, ModelError
-from stream_scorer.model_card import ModelCard, file_sha256
+from stream_scorer.integrity import IntegrityPolicy, read_model_files
+from stream_scorer.model_card import ModelCard
 
 __all__ = ["OnnxScorer", "Scorer", "default_intra_op_threads"]
 
@@ -70,27 +72,31 @@ def default_intra_op_threads() -> int:
 class OnnxScorer:
     """One onnxruntime session for one model version, checked against its card."""
 
-    def __init__(self, card: ModelCard, intra_op_threads: int = 0, verify_sha256: bool = True):
+    def __init__(
+        self,
+        card: ModelCard,
+        intra_op_threads: int = 0,
+        verify_sha256: bool = True,
+        integrity: IntegrityPolicy | None = None,
+    ):
         """Load and check the model, then run one warm-up batch.
 
         Args:
             card: The model card; ``card.model_file`` is loaded.
             intra_op_threads: onnxruntime intra-op threads; 0 picks a default.
-            verify_sha256: Refuse a file whose sha256 differs from the card's.
+            verify_sha256: Refuse a card without hashes or a file whose sha256 differs.
+            integrity: Hash and signature policy; overrides ``verify_sha256`` when given.
 
         Raises:
             ConfigurationError: The model cannot be loaded or does not match its card.
         """
         self.card = card
-        if verify_sha256 and card.sha256 is not None:
-            actual = file_sha256(card.model_file)
-            if actual != card.sha256:
-                msg = (
-                    f"model {card.name}/{card.version}: sha256 of {card.model_file} is {actual}, "
-                    f"the model card says {card.sha256}; refusing a model that is not the one "
-                    "documented"
-                )
-                raise ConfigurationError(msg)
+        # Read and checked once; the session is built from these bytes, never from the path.
+        verified = read_model_files(card, integrity or IntegrityPolicy(verify_sha256))
+        #: sha256 of every file the session was built from.
+        self.file_hashes = dict(verified.hashes)
+        #: True when a signature over the folder was verified against those bytes.
+        self.is_signed = verified.is_signed
         options = ort.SessionOptions()
         self.intra_op_threads = intra_op_threads or default_intra_op_threads()
         options.intra_op_num_threads = self.intra_op_threads
@@ -102,7 +108,9 @@ class OnnxScorer:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
-                str(card.model_file), sess_options=options, providers=["CPUExecutionProvider"]
+                verified.model_bytes,
+                sess_options=verified.session_options(options),
+                providers=["CPUExecutionProvider"],
             )
         except (*RUN_ERRORS, ort_state.InvalidProtobuf, ort_state.InvalidGraph, OSError) as exc:
             msg = f"model {card.name}/{card.version}: cannot load {card.model_file}: {exc}"

@@ -309,7 +309,21 @@ class ModelSettings(_Section):
     intra_op_threads: int = Field(default=0, ge=0, le=256)
     """onnxruntime intra-op threads; 0 picks one per core, at most 2 (bench/ shows why)."""
     verify_sha256: bool = True
-    """Refuse a model file whose sha256 differs from the model card's."""
+    """Refuse a model card that lists no sha256 for its files, or any file the model loads
+    (ONNX external data included) whose sha256 differs; false loads unchecked, with a warning."""
+    signature: Literal["off", "verify", "require"] = "off"
+    """Signature of the model folder (``model.sig``, model-signing's key format): ``verify``
+    checks one when present, ``require`` also refuses an unsigned model."""
+    public_key: Path | None = None
+    """PEM public key the folder's signature must verify with; required unless
+    ``signature`` is off."""
+
+    @model_validator(mode="after")
+    def _key_for_signature(self) -> Self:
+        if self.signature != "off" and self.public_key is None:
+            msg = f"model.public_key is required when model.signature is {self.signature!r}"
+            raise ValueError(msg)
+        return self
 
 
 class BatchSettings(_Section):

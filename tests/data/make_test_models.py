@@ -183,6 +183,8 @@ def write_model(
             "opset": opset,
         },
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        # Every file the model loads (these graphs keep their weights inline).
+        "files": {"model.onnx": hashlib.sha256(path.read_bytes()).hexdigest()},
     }
     (out_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     print(f"{out_dir.relative_to(REPO_ROOT)}: {path.stat().st_size} bytes, {card['metrics']}")
