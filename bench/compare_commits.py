@@ -140,6 +140,7 @@ def _run_once(
         cluster.registry_url,
         BATCH_SIZE,
         find_free_ports(1)[0],
+        root=tree,
     )
     log = logs / f"{tag}.log"
     argv = [sys.executable, "-m", "stream_scorer", "run", "--config", str(config)]

@@ -134,16 +134,25 @@ def write_scorer_config(
     batch_size: int,
     metrics_port: int,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    root: Path | None = None,
 ) -> Path:
     """Write a stream-scorer TOML config: the shipped defaults plus what a run must set.
 
     ``overrides`` sets further keys by section (for the variant measured beside the default).
+    Model and schema paths are absolute, under ``root`` (the repository by default): a
+    relative path in a config file resolves against the file's folder, not the working one.
     """
+    base = REPO if root is None else root
     sections: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "client_id": group},
         "topics": dict(topics),
-        "schema": {"wire_format": "confluent", "registry_url": registry_url},
-        "model": {"path": "models/fraud/1"},
+        "schema": {
+            "wire_format": "confluent",
+            "registry_url": registry_url,
+            "reader": str(base / "schemas/transaction.avsc"),
+            "alert": str(base / "schemas/alert.avsc"),
+        },
+        "model": {"path": str(base / "models/fraud/1")},
         "batch": {"max_size": batch_size},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "log": {"level": "warning"},
