@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+import numpy as np
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from stream_scorer.consume import BatchConsumer
+from stream_scorer.consume import BatchConsumer, MessageBatch
 from stream_scorer.delivery import Delivery
 from stream_scorer.errors import FatalError
 from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
@@ -50,6 +51,15 @@ UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 #: certificate not trusted, TLS handshake failed): librdkafka retries them for ever, logging
 #: each retry, but only a configuration change fixes them, so they stop the process.
 REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL)
+
+
+def _offset_ranges(batch: MessageBatch) -> str:
+    """``"p0:10-99 p1:5-70"``: first and last offset per partition (for log lines)."""
+    parts, offs = batch.partitions, batch.offsets
+    return " ".join(
+        f"p{p}:{int(offs[parts == p].min())}-{int(offs[parts == p].max())}"
+        for p in np.unique(parts).tolist()
+    )
 
 
 class Totals:
@@ -210,6 +220,7 @@ class Runner:
         next_summary = time.monotonic() + interval_s
         last = (0, time.monotonic())
         next_probe = 0.0
+        batch_id = 0
         while not self._stop.is_set():
             self._iteration_at = self._clock()
             tick = time.perf_counter()
@@ -217,8 +228,16 @@ class Runner:
             consume_s = time.perf_counter() - tick
             delivery.between_batches()
             if len(batch):
-                output = pipeline.process(batch)
-                delivery.submit(output)
+                # Every log line of this batch names it: id, partitions and offset range.
+                batch_id += 1
+                structlog.contextvars.bind_contextvars(
+                    batch_id=batch_id, offsets=_offset_ranges(batch)
+                )
+                try:
+                    output = pipeline.process(batch)
+                    delivery.submit(output)
+                finally:
+                    structlog.contextvars.unbind_contextvars("batch_id", "offsets")
                 output.result.stage_s["consume"] = consume_s
                 self._count(output.result)
             now = time.monotonic()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import structlog
 from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -57,10 +58,12 @@ class FakePipeline:
         """Record calls in ``calls``."""
         self.calls = calls
         self.models: Any = None
+        self.contexts: list[dict[str, Any]] = []
 
     def process(self, batch: MessageBatch) -> BatchOutput:
-        """One result per batch."""
+        """One result per batch; remembers the log context bound while it runs."""
         self.calls.append(f"process {len(batch)}")
+        self.contexts.append(dict(structlog.contextvars.get_contextvars()))
         return BatchOutput(batch, [], BatchResult(consumed=len(batch), unflagged=len(batch)))
 
 
@@ -270,3 +273,20 @@ def test_refused_credentials_or_certificate_stop_with_exit_1(code: int) -> None:
     assert runner.stop_requested
     assert calls.count("consume") == 1
     assert calls[-2:] == ["close delivery clean=False", "close consumer"]
+
+
+def test_log_lines_of_a_batch_name_it() -> None:
+    """While a batch is scored and submitted, every log line carries its id and its offset
+    range per partition; the context is gone between batches."""
+    runner, _, _, _ = make_runner(
+        [[*records(3, partition=1), *records(2, partition=0)], records(1)]
+    )
+
+    assert runner.run() == 0
+
+    contexts = runner.pipeline.contexts  # type: ignore[attr-defined]
+    assert contexts == [
+        {"batch_id": 1, "offsets": "p0:0-1 p1:0-2"},
+        {"batch_id": 2, "offsets": "p0:0-0"},
+    ]
+    assert "batch_id" not in structlog.contextvars.get_contextvars()
