@@ -51,6 +51,7 @@ from stream_scorer.records import BatchResult
 from stream_scorer.registry import RegistryError, RegistryUnavailableError, SchemaRegistryClient
 from stream_scorer.runner import Runner
 from stream_scorer.settings import Settings, masked
+from stream_scorer.tracing import build_tracer
 
 __all__ = [
     "COMMIT_ALLOWANCE_S",
@@ -419,5 +420,8 @@ def build_runner(
         start_metrics_server,
         stop,
         settings.metrics.liveness_timeout_s,
+        tracer=build_tracer(
+            settings.tracing.enabled, settings.tracing.exporter, settings.tracing.service_name
+        ),
     )
     return runner

@@ -34,6 +34,7 @@ from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_set import LiveModels
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.records import BatchResult
+from stream_scorer.tracing import NO_TRACER, BatchTracer
 
 __all__ = ["LOOP_STALL_S", "Runner", "Totals"]
 
@@ -88,6 +89,7 @@ class Runner:
         stop: threading.Event | None = None,
         liveness_timeout_s: float = 180.0,
         clock: Callable[[], float] = time.monotonic,
+        tracer: BatchTracer = NO_TRACER,
     ) -> None:
         """Hold the collaborators; touches no Kafka yet.
 
@@ -104,6 +106,7 @@ class Runner:
             liveness_timeout_s: ``/healthz`` fails once one iteration has run this long, or no
                 batch has completed this long while the consumer reports lag.
             clock: Monotonic clock of the watchdog (tests move it).
+            tracer: Opens a span per batch (no-op unless tracing is on).
         """
         self.consumer = consumer
         self.pipeline = pipeline
@@ -117,6 +120,7 @@ class Runner:
         self.assigned = threading.Event()
         self.totals = Totals()
         self.metrics_server: MetricsServer | None = None
+        self._tracer = tracer
         self._liveness_timeout_s = liveness_timeout_s
         self._clock = clock
         #: Monotonic time the loop last started an iteration (read by the stall watchdog) ...
@@ -216,6 +220,7 @@ class Runner:
 
     def _loop(self) -> None:
         consumer, pipeline, delivery = self.consumer, self.pipeline, self.delivery
+        tracer = self._tracer
         interval_s = self._summary_interval_s
         next_summary = time.monotonic() + interval_s
         last = (0, time.monotonic())
@@ -234,8 +239,10 @@ class Runner:
                     batch_id=batch_id, offsets=_offset_ranges(batch)
                 )
                 try:
-                    output = pipeline.process(batch)
-                    delivery.submit(output)
+                    with tracer.batch(batch_id, batch) as span:
+                        output = pipeline.process(batch)
+                        delivery.submit(output)
+                        tracer.finish(span, output.result)
                 finally:
                     structlog.contextvars.unbind_contextvars("batch_id", "offsets")
                 output.result.stage_s["consume"] = consume_s

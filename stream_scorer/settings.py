@@ -70,6 +70,7 @@ __all__ = [
     "SchemaSettings",
     "Settings",
     "TopicSettings",
+    "TracingSettings",
     "load_settings",
     "masked",
     "resource_root",
@@ -482,6 +483,19 @@ class PrivacySettings(_Section):
         return None if value is None else value.get_secret_value()
 
 
+class TracingSettings(_Section):
+    """Optional OpenTelemetry spans, one per batch (the ``tracing`` extra)."""
+
+    enabled: bool = False
+    """Emit a ``stream_scorer.batch`` span per batch, linked to its events' traces. Off, it
+    costs nothing."""
+    exporter: Literal["otlp", "console"] = "otlp"
+    """``otlp``: OTLP over HTTP, configured by the standard ``OTEL_EXPORTER_OTLP_*``
+    variables; ``console``: spans printed to stdout (trying it out)."""
+    service_name: str = "stream-scorer"
+    """The ``service.name`` resource attribute of the spans."""
+
+
 class LogSettings(_Section):
     """structlog output."""
 
@@ -526,6 +540,8 @@ class Settings(BaseSettings):
     """Delivery guarantees."""
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     """Prometheus endpoint."""
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    """OpenTelemetry spans per batch."""
     log: LogSettings = Field(default_factory=LogSettings)
     """Logging."""
 
