@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from stream_scorer.app import build_runner
@@ -100,13 +100,30 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+#: Errors of an offset read while the group coordinator moves or loads: asked again.
+COORDINATOR_BUSY = frozenset({
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+})  # fmt: skip
+
+
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offset per partition (-1001 when none)."""
+    """The group's committed offset per partition (-1001 when none); asked again for up to
+    30 s while the group coordinator is loading (a fresh broker, a new group)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + 30
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
-        return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+        while True:
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+            except KafkaException as exc:
+                if exc.args[0].code() not in COORDINATOR_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # back off while the coordinator loads (a retry, not a sync)
+                continue
+            return {tp.partition: tp.offset for tp in committed}
     finally:
         consumer.close()
 
