@@ -37,7 +37,7 @@ from stream_scorer.delivery.publish import (
     producer_config,
     transaction_timeout_s,
 )
-from stream_scorer.encode import AlertEncoder, EventFields
+from stream_scorer.encode import AlertEncoder, EventFields, ScoreEncoder
 from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
@@ -58,6 +58,7 @@ __all__ = [
     "build_privacy",
     "build_registry",
     "build_runner",
+    "build_score_encoder",
     "check_batch_time_bounds",
     "event_fields",
     "load_model",
@@ -112,9 +113,15 @@ def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
         ConfigurationError: Bad card, unbindable input, wrong file hash, a model that fails.
     """
     model = settings.model
-    return load_model_folder(
+    loaded = load_model_folder(
         model.path, reader, model.intra_op_threads, model.verify_sha256, model.threshold
     )
+    try:
+        loaded.card.policy.at_threshold(loaded.threshold)
+    except ValueError as exc:
+        msg = f"model.threshold: {exc}"
+        raise ConfigurationError(msg) from exc
+    return loaded
 
 
 def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
@@ -167,24 +174,57 @@ def build_alert_encoder(
         FatalError: The registry is unavailable after its retries.
     """
     schema = load_schema(settings.schema_.alert, "schema.alert")
-    header = b""
+    subject = settings.schema_.alert_subject or f"{settings.topics.alerts}-value"
+    header = _frame_header(settings, registry, schema, subject, "schema.alert_subject")
+    return AlertEncoder(schema, header, __version__, fields, privacy)
+
+
+def build_score_encoder(
+    settings: Settings,
+    registry: SchemaRegistryClient | None,
+    fields: EventFields | None = None,
+    privacy: PrivacyPolicy | None = None,
+) -> ScoreEncoder | None:
+    """The score-record encoder when ``topics.scores`` is set (same wire format as alerts).
+
+    Raises:
+        ConfigurationError: The score schema cannot be read, or the registry refused it.
+        FatalError: The registry is unavailable after its retries.
+    """
+    if settings.topics.scores is None:
+        return None
+    schema = load_schema(settings.schema_.scores, "schema.scores")
+    subject = f"{settings.topics.scores}-value"
+    header = _frame_header(settings, registry, schema, subject, "topics.scores")
+    return ScoreEncoder(schema, header, fields, privacy)
+
+
+def _frame_header(
+    settings: Settings,
+    registry: SchemaRegistryClient | None,
+    schema: dict[str, Any],
+    subject: str,
+    key: str,
+) -> bytes:
+    """The frame prefix of one output schema in the configured wire format."""
     if settings.schema_.wire_format == "confluent":
         if registry is None:
-            msg = "schema.registry_url is needed to register the alert schema"
+            msg = f"schema.registry_url is needed to register the schema of {subject}"
             raise ConfigurationError(msg)
-        subject = settings.schema_.alert_subject or f"{settings.topics.alerts}-value"
         try:
             schema_id = registry.alert_schema_id(subject, schema, settings.schema_.auto_register)
         except RegistryUnavailableError as exc:
             raise FatalError(str(exc)) from exc  # an outage, not a configuration problem
         except RegistryError as exc:
-            msg = f"schema.alert_subject {subject!r} (schema.auto_register): {exc}"
+            msg = f"{key} {subject!r} (schema.auto_register): {exc}"
             raise ConfigurationError(msg) from exc
-        header = frame_body("confluent", b"", schema_id=schema_id)
-    elif settings.schema_.wire_format == "single-object":
-        header = frame_body("single-object", b"", schema=schema)
-        log.debug("alert_schema_fingerprint", fingerprint=f"{fingerprint(schema):016x}")
-    return AlertEncoder(schema, header, __version__, fields, privacy)
+        return frame_body("confluent", b"", schema_id=schema_id)
+    if settings.schema_.wire_format == "single-object":
+        log.debug(
+            "output_schema_fingerprint", subject=subject, fingerprint=f"{fingerprint(schema):016x}"
+        )
+        return frame_body("single-object", b"", schema=schema)
+    return b""
 
 
 def build_privacy(settings: Settings) -> tuple[PrivacyPolicy, PayloadCipher | None]:
@@ -283,7 +323,9 @@ def build_runner(
     champion = models.champion
     fields = event_fields(settings, champion.card, reader)
     privacy, cipher = build_privacy(settings)
-    metrics.init_labels(settings.topics.input, champion.name, champion.version)
+    metrics.init_labels(
+        settings.topics.input, champion.name, champion.version, champion.card.policy.names
+    )
     metrics.set_model(
         champion.name, champion.version, champion.card.sha256 or "", champion.card.input_layout
     )
@@ -309,11 +351,13 @@ def build_runner(
     schema_registry = build_registry(settings)
     decoder = build_decoder(settings, reader, schema_registry)
     encoder = build_alert_encoder(settings, schema_registry, fields, privacy)
+    encoder.check_policy(champion.card.policy, champion.label)
+    score_encoder = build_score_encoder(settings, schema_registry, fields, privacy)
 
     def on_replace(new: ModelSet) -> None:
         metrics.model_swaps.inc()
         card = new.champion.card
-        metrics.init_labels(settings.topics.input, card.name, card.version)
+        metrics.init_labels(settings.topics.input, card.name, card.version, card.policy.names)
         metrics.set_model(card.name, card.version, card.sha256 or "", card.input_layout)
 
     live = LiveModels(models, on_replace)
@@ -326,6 +370,8 @@ def build_runner(
         __version__,
         metrics,
         dead_letters=DeadLetterWriter(__version__, privacy, cipher),
+        scores_topic=settings.topics.scores,
+        score_encoder=score_encoder,
     )
     log.info(
         "connecting",
@@ -334,6 +380,7 @@ def build_runner(
         input=settings.topics.input,
         alerts=settings.topics.alerts,
         dead_letter=settings.topics.dead_letter,
+        scores=settings.topics.scores,
         models=models.describe(),
         consumer_config=masked(cconf),
         producer_config=masked(pconf),
