@@ -249,3 +249,36 @@ def test_multiclass_alerts_and_score_records_carry_the_top_classes(
     assert [r["band"] for r in records] == ["LOW", "RECOMMEND"]
     assert records[1]["classes"] == alert["classes"]
     assert records[0]["score"] == pytest.approx(0.4)  # the top class: (1 - 0.2) / 2
+
+
+def test_published_event_that_does_not_decode_whole_gets_no_score_record(
+    build: Build,
+    make_transaction: Callable[..., dict[str, Any]],
+    avro_bytes: Callable[[Any, Any], bytes],
+    reader_schema: dict[str, Any],
+    registry: CollectorRegistry,
+) -> None:
+    """A published row whose whole record is malformed (invalid UTF-8 in a field no model
+    reads) is a dead letter: no alert, no score record, not counted in its band."""
+    pipeline = build(_card(decision={"bands": BANDS}))
+    good = avro_bytes(reader_schema, make_transaction(transaction_id="t0", amount=90.0))
+    body = avro_bytes(
+        reader_schema, make_transaction(transaction_id="t1", amount=95.0, merchant_name="QQ")
+    )
+    broken = body.replace(b"QQ", b"\xff\xfe")
+    messages = [
+        Message(topic="in", partition=0, offset=i, key=b"k", value=value)
+        for i, value in enumerate([good, broken])
+    ]
+
+    output = pipeline.process(MessageBatch(messages))
+
+    records = [_read(SCORE_SCHEMA, m) for m in output.messages if m[0] == SCORES]
+    assert [r["event_id"] for r in records] == ["t0"]
+    assert [m[0] for m in output.messages].count(DLQ) == 1
+    assert (output.result.flagged, output.result.dead_lettered) == (1, 1)
+    value = registry.get_sample_value(
+        "stream_scorer_decisions_total",
+        {"model_name": "fake", "model_version": "3", "band": "DECLINE"},
+    )
+    assert value == 1
