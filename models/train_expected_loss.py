@@ -9,10 +9,11 @@ claims team sees the expensive ones at once). Run from the repository root (``ma
 
 What it does:
 
-1. Draws ``N_TRAIN`` claims with :func:`generate` (seed ``TRAIN_SEED``) and ``N_HOLDOUT`` with
-   seed ``HOLDOUT_SEED``: the cost follows a seeded log-linear model of the claim type, the
-   declared amount, the policy's age, prior claims, a police report and the region (null for
-   an unknown region, filled with ``"unknown"`` exactly as the card tells the service to).
+1. Draws ``N_TRAIN`` claims with ``models/example_events.py``'s ``claims`` (seed ``TRAIN_SEED``)
+   and ``N_HOLDOUT`` with seed ``HOLDOUT_SEED``: the cost follows a seeded log-linear model of
+   the claim type, the declared amount, the policy's age, prior claims, a police report and the
+   region (null for an unknown region, filled with ``"unknown"`` exactly as the card tells the
+   service to).
 2. Fits a scikit-learn ``Pipeline``: one-hot for the two strings, the numbers passed through,
    and a ``GradientBoostingRegressor``.
 3. Exports it with skl2onnx, one ``[None, 1]`` input per field: ``variable`` ``[N, 1]`` float.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,6 +47,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "models"))
+
+from example_events import CLAIM_TYPES, REGIONS, claims  # noqa: E402
+
 MODEL_NAME: Final = "expected_loss"
 MODEL_VERSION: Final = "1"
 OUT_DIR: Final = REPO_ROOT / "models" / MODEL_NAME / MODEL_VERSION
@@ -54,8 +60,6 @@ HOLDOUT_SEED: Final = 20260602
 N_TRAIN: Final = 30_000
 N_HOLDOUT: Final = 10_000
 
-CLAIM_TYPES: Final = ("AUTO", "HOME", "TRAVEL", "HEALTH")
-REGIONS: Final = ("north", "south", "east", "west", "capital")
 #: What a null region becomes, before the graph, as the card's fill says.
 REGION_FILL: Final = "unknown"
 #: Share of claims below MEDIUM and below HIGH on the holdout.
@@ -71,8 +75,6 @@ HYPERPARAMETERS: Final[dict[str, Any]] = {
 TARGET_OPSET: Final = 17
 #: float32 trees against float64 scikit-learn, on values of thousands of euros.
 MAX_ABS_DIFF: Final = 0.05
-#: A fixed 2026-06-01T00:00:00Z, so event times do not depend on when the script runs.
-START_MS: Final = 1_780_272_000_000
 
 # Model inputs in graph order: (Avro field, kind, the card's null policy).
 FEATURES: Final[tuple[tuple[str, str, Any], ...]] = (
@@ -83,53 +85,6 @@ FEATURES: Final[tuple[tuple[str, str, Any], ...]] = (
     ("prior_claims", "number", "reject"),
     ("has_police_report", "boolean", "reject"),
 )
-
-
-def generate(n: int, seed: int) -> tuple[list[dict[str, Any]], NDArray[np.float64]]:
-    """``n`` claims as fastavro writes them, and each claim's eventual cost in EUR.
-
-    Args:
-        n: How many claims.
-        seed: Seed of the generator.
-
-    Returns:
-        The events and their costs.
-    """
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(len(CLAIM_TYPES), n, p=[0.45, 0.3, 0.15, 0.1])
-    # Declared amounts: log-normal around 1,800 EUR, scaled per line (home claims are larger).
-    claimed = np.round(rng.lognormal(7.5, 0.9, n) * np.array([1.0, 2.0, 0.4, 1.3])[kind], 2)
-    age = rng.integers(0, 240, n)
-    prior = rng.poisson(0.6, n)
-    police = rng.random(n) < np.array([0.4, 0.2, 0.05, 0.01])[kind]
-    region = rng.integers(0, len(REGIONS), n)
-    unknown = rng.random(n) < 0.1
-    # Cost: a share of the declared amount, higher with a police report (serious incidents),
-    # lower for young policies (small claims), more for repeat claimants and the capital.
-    log_share = (
-        np.log(0.7)
-        + 0.35 * police
-        + 0.12 * np.minimum(prior, 4)
-        - 0.2 * (age < 12)
-        + 0.25 * (region == 4) * ~unknown
-        + rng.normal(0, 0.35, n)
-    )
-    cost = claimed * np.exp(log_share)
-    events = [
-        {
-            "claim_id": f"claim-{seed}-{i:07d}",
-            "policy_id": f"pol-{int(p):06d}",
-            "claim_type": CLAIM_TYPES[int(kind[i])],
-            "claimed_amount": float(claimed[i]),
-            "policy_age_months": int(age[i]),
-            "prior_claims": int(prior[i]),
-            "has_police_report": bool(police[i]),
-            "region": None if unknown[i] else REGIONS[int(region[i])],
-            "event_time": START_MS + 1000 * i,
-        }
-        for i, p in enumerate(rng.integers(0, 100_000, n))
-    ]
-    return events, cost.astype(np.float64)
 
 
 def to_columns(events: list[dict[str, Any]]) -> dict[str, NDArray[Any]]:
@@ -198,8 +153,8 @@ def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
 
 def main() -> None:
     """Train, export, verify and write the model version directory."""
-    train, y_train = generate(N_TRAIN, TRAIN_SEED)
-    hold, y_hold = generate(N_HOLDOUT, HOLDOUT_SEED)
+    train, y_train = claims(N_TRAIN, TRAIN_SEED)
+    hold, y_hold = claims(N_HOLDOUT, HOLDOUT_SEED)
     pipe = build_pipeline()
     pipe.fit(to_matrix(to_columns(train)), y_train)
     hold_cols = to_columns(hold)
@@ -258,7 +213,7 @@ def main() -> None:
         "event": {"id_field": "claim_id", "time_field": "event_time", "key_field": "policy_id"},
         "training": {
             "script": "models/train_expected_loss.py",
-            "generator": "models/train_expected_loss.py:generate",
+            "generator": "models/example_events.py:claims",
             "train_seed": TRAIN_SEED,
             "holdout_seed": HOLDOUT_SEED,
             "n_train": N_TRAIN,

@@ -10,9 +10,10 @@ categories). Run from the repository root (``make model`` does)::
 
 What it does:
 
-1. Draws ``N_TRAIN`` views with :func:`generate` (seed ``TRAIN_SEED``) and ``N_HOLDOUT`` with
-   seed ``HOLDOUT_SEED``: the next category follows a seeded multinomial logit of the viewed
-   category, price, device, session length, hour and membership.
+1. Draws ``N_TRAIN`` views with ``models/example_events.py``'s ``product_views`` (seed
+   ``TRAIN_SEED``) and ``N_HOLDOUT`` with seed ``HOLDOUT_SEED``: the next category follows a
+   seeded multinomial logit of the viewed category, price, device, session length, hour and
+   membership.
 2. Fits a scikit-learn ``Pipeline``: one-hot for the two enums, the numbers passed through,
    and a multinomial ``LogisticRegression``.
 3. Exports it with skl2onnx, one ``[None, 1]`` input per field, ZipMap off: ``probabilities``
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +48,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "models"))
+
+from example_events import CATEGORIES, DEVICES, product_views  # noqa: E402
+
 MODEL_NAME: Final = "recommender"
 MODEL_VERSION: Final = "1"
 OUT_DIR: Final = REPO_ROOT / "models" / MODEL_NAME / MODEL_VERSION
@@ -55,11 +61,8 @@ HOLDOUT_SEED: Final = 20260502
 N_TRAIN: Final = 40_000
 N_HOLDOUT: Final = 10_000
 
-#: Categories of the schema's enum; the model's classes, in output column order.
-CATEGORIES: Final = ("ELECTRONICS", "BOOKS", "FASHION", "HOME", "SPORTS", "TOYS")
 #: The card's class labels (what a recommendation says), by output column.
 LABELS: Final = ("electronics", "books", "fashion", "home", "sports", "toys")
-DEVICES: Final = ("MOBILE", "DESKTOP", "TABLET")
 #: Categories published per recommendation.
 TOP_K: Final = 3
 #: Share of holdout views below the RECOMMEND edge: recommend for the most confident fifth.
@@ -68,8 +71,6 @@ PUBLISH_QUANTILE: Final = 0.8
 EDGE_DECIMALS: Final = 2
 TARGET_OPSET: Final = 17
 MAX_ABS_DIFF: Final = 1e-5
-#: A fixed 2026-05-01T00:00:00Z, so event times do not depend on when the script runs.
-START_MS: Final = 1_777_593_600_000
 
 # Model inputs in graph order: (Avro field, kind). Strings are one-hot encoded in the graph.
 FEATURES: Final = (
@@ -80,54 +81,6 @@ FEATURES: Final = (
     ("hour_of_day", "number"),
     ("is_member", "boolean"),
 )
-
-
-def generate(n: int, seed: int) -> tuple[list[dict[str, Any]], NDArray[np.int64]]:
-    """``n`` product views as fastavro writes them, and the category each shopper buys next.
-
-    Args:
-        n: How many views.
-        seed: Seed of the generator.
-
-    Returns:
-        The events and the next category's index in :data:`CATEGORIES`.
-    """
-    rng = np.random.default_rng(seed)
-    c = len(CATEGORIES)
-    viewed = rng.integers(0, c, n)
-    device = rng.choice(len(DEVICES), n, p=[0.6, 0.3, 0.1])
-    price = np.round(rng.lognormal(3.5, 0.8, n), 2)
-    views = rng.poisson(6, n) + 1
-    hour = rng.integers(0, 24, n)
-    member = rng.random(n) < 0.35
-    # Shoppers mostly buy what they look at; long sessions drift to neighbouring categories,
-    # evening members buy books and toys, expensive views pull towards electronics and home.
-    logits = np.zeros((n, c))
-    logits[np.arange(n), viewed] += 2.0
-    logits[np.arange(n), (viewed + 1) % c] += 0.08 * views
-    logits[:, 0] += 0.5 * (np.log(price) - 3.5)
-    logits[:, 3] += 0.3 * (np.log(price) - 3.5)
-    logits[:, 1] += np.where(member & (hour >= 18), 1.0, 0.0)
-    logits[:, 5] += np.where(member & (hour >= 18), 0.6, 0.0)
-    logits[:, 2] += np.where(device == 0, 0.4, 0.0)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    nxt = (probs.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
-    events = [
-        {
-            "event_id": f"view-{seed}-{i:07d}",
-            "user_id": f"user-{int(rng_user):05d}",
-            "category": CATEGORIES[int(viewed[i])],
-            "price": float(price[i]),
-            "device": DEVICES[int(device[i])],
-            "session_views": int(views[i]),
-            "hour_of_day": int(hour[i]),
-            "is_member": bool(member[i]),
-            "event_time": START_MS + 1000 * i,
-        }
-        for i, rng_user in enumerate(rng.integers(0, 5000, n))
-    ]
-    return events, nxt.astype(np.int64)
 
 
 def to_columns(events: list[dict[str, Any]]) -> dict[str, NDArray[Any]]:
@@ -197,8 +150,8 @@ def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
 
 def main() -> None:
     """Train, export, verify and write the model version directory."""
-    train, y_train = generate(N_TRAIN, TRAIN_SEED)
-    hold, y_hold = generate(N_HOLDOUT, HOLDOUT_SEED)
+    train, y_train = product_views(N_TRAIN, TRAIN_SEED)
+    hold, y_hold = product_views(N_HOLDOUT, HOLDOUT_SEED)
     pipe = build_pipeline()
     pipe.fit(to_matrix(to_columns(train)), y_train)
     hold_cols = to_columns(hold)
@@ -261,7 +214,7 @@ def main() -> None:
         "event": {"id_field": "event_id", "time_field": "event_time", "key_field": "user_id"},
         "training": {
             "script": "models/train_recommender.py",
-            "generator": "models/train_recommender.py:generate",
+            "generator": "models/example_events.py:product_views",
             "train_seed": TRAIN_SEED,
             "holdout_seed": HOLDOUT_SEED,
             "n_train": N_TRAIN,

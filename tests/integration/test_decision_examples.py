@@ -44,8 +44,11 @@ SCORE_SCHEMA = fastavro.parse_schema(load_schema(REPO / "schemas/score.avsc", "s
 N_EVENTS = 3_000
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "models" / f"{name}.py")
+def _events_module() -> ModuleType:
+    """A seeded event generator of ``models/example_events.py`` (numpy only, no sklearn)."""
+    spec = importlib.util.spec_from_file_location(
+        "example_events", REPO / "models" / "example_events.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -79,7 +82,7 @@ def _decode(message: Message, schema: Any) -> dict[str, Any]:
 
 def _run_example(
     example: str,
-    script: str,
+    generator: str,
     id_field: str,
     key_field: str,
     mode: str,
@@ -90,13 +93,13 @@ def _run_example(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Message], list[Message]]:
-    """Produce the script's events, score them offline and on the stream; return the events,
+    """Produce the generator's events, score them offline and on the stream; return the events,
     the offline results, and the alert and score messages."""
     monkeypatch.chdir(REPO)  # the example's paths are relative to the repository root
     topics = {**topics, "scores": make_topic("scores", partitions=4)}
     settings = _settings(example, kafka_bootstrap, topics, dev_registry.url, mode)
     reader = load_schema(settings.schema_.reader, "schema.reader")
-    events, _ = _script(script).generate(N_EVENTS, 4242)
+    events, _ = getattr(_events_module(), generator)(N_EVENTS, 4242)
     schema_id = SchemaRegistryClient(dev_registry.url).register(f"{topics['input']}-value", reader)
     parsed = fastavro.parse_schema(reader)
     messages = []
@@ -170,7 +173,7 @@ def test_recommender_example_publishes_score_file_top_k(
     score record equal to score-file's, keyed by user."""
     events, offline, alerts, scores = _run_example(
         "recommender",
-        "train_recommender",
+        "product_views",
         "event_id",
         "user_id",
         mode,
@@ -208,7 +211,7 @@ def test_expected_loss_example_publishes_score_file_bands(
     HIGH claims, decision the band, score the expected cost; every claim has a score record."""
     events, offline, alerts, scores = _run_example(
         "expected_loss",
-        "train_expected_loss",
+        "claims",
         "claim_id",
         "policy_id",
         "at-least-once",

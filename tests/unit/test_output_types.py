@@ -28,9 +28,11 @@ EXPECTED_LOSS = REPO / "models" / "expected_loss" / "1"
 FRAUD = REPO / "models" / "fraud" / "1"
 
 
-def training_script(name: str) -> ModuleType:
-    """A shipped training script as a module (its event generator is the tests' source)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "models" / f"{name}.py")
+def example_events() -> ModuleType:
+    """``models/example_events.py``, the examples' seeded generators (numpy only)."""
+    spec = importlib.util.spec_from_file_location(
+        "example_events", REPO / "models" / "example_events.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -113,7 +115,7 @@ def test_card_that_does_not_match_the_graph_output_is_refused(
 def test_score_file_ranks_top_k_classes_with_labels(tmp_path: Path) -> None:
     """score-file applies the multiclass policy: band over the top probability, the top 3
     labels in order, equal to argsort of the graph's own probabilities."""
-    events, _ = training_script("train_recommender").generate(300, 77)
+    events, _ = example_events().product_views(300, 77)
     reader = load_schema(REPO / "schemas" / "product_view.avsc", "schema.reader")
     container = tmp_path / "views.avro"
     with container.open("wb") as fh:
@@ -138,7 +140,7 @@ def test_score_file_ranks_top_k_classes_with_labels(tmp_path: Path) -> None:
 
 def test_score_file_bands_regression_values(tmp_path: Path) -> None:
     """score-file applies the regression policy: the value is the score, bands over it."""
-    events, costs = training_script("train_expected_loss").generate(400, 78)
+    events, costs = example_events().claims(400, 78)
     reader = load_schema(REPO / "schemas" / "claim_event.avsc", "schema.reader")
     container = tmp_path / "claims.avro"
     with container.open("wb") as fh:
