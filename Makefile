@@ -97,6 +97,8 @@ check: lint typecheck
 model: venv-train
 	$(PY) models/train_fraud.py
 	$(PY) models/train_churn.py
+	$(PY) models/train_recommender.py
+	$(PY) models/train_expected_loss.py
 	$(PY) tests/data/make_test_models.py
 
 broker: venv broker-fetch

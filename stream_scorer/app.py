@@ -37,7 +37,7 @@ from stream_scorer.delivery.publish import (
     producer_config,
     transaction_timeout_s,
 )
-from stream_scorer.encode import AlertEncoder, EventFields
+from stream_scorer.encode import AlertEncoder, EventFields, ScoreEncoder
 from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.integrity import IntegrityPolicy
 from stream_scorer.logging import librdkafka_logger
@@ -61,6 +61,7 @@ __all__ = [
     "build_privacy",
     "build_registry",
     "build_runner",
+    "build_score_encoder",
     "check_batch_time_bounds",
     "event_fields",
     "load_model",
@@ -117,9 +118,15 @@ def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
     """
     model = settings.model
     integrity = IntegrityPolicy(model.verify_sha256, model.signature, model.public_key)
-    return load_model_folder(
+    loaded = load_model_folder(
         model.path, reader, model.intra_op_threads, model.verify_sha256, model.threshold, integrity
     )
+    try:
+        loaded.card.policy.at_threshold(loaded.threshold)
+    except ValueError as exc:
+        msg = f"model.threshold: {exc}"
+        raise ConfigurationError(msg) from exc
+    return loaded
 
 
 def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
@@ -172,24 +179,57 @@ def build_alert_encoder(
         FatalError: The registry is unavailable after its retries.
     """
     schema = load_schema(settings.schema_.alert, "schema.alert")
-    header = b""
+    subject = settings.schema_.alert_subject or f"{settings.topics.alerts}-value"
+    header = _frame_header(settings, registry, schema, subject, "schema.alert_subject")
+    return AlertEncoder(schema, header, __version__, fields, privacy)
+
+
+def build_score_encoder(
+    settings: Settings,
+    registry: SchemaRegistryClient | None,
+    fields: EventFields | None = None,
+    privacy: PrivacyPolicy | None = None,
+) -> ScoreEncoder | None:
+    """The score-record encoder when ``topics.scores`` is set (same wire format as alerts).
+
+    Raises:
+        ConfigurationError: The score schema cannot be read, or the registry refused it.
+        FatalError: The registry is unavailable after its retries.
+    """
+    if settings.topics.scores is None:
+        return None
+    schema = load_schema(settings.schema_.scores, "schema.scores")
+    subject = f"{settings.topics.scores}-value"
+    header = _frame_header(settings, registry, schema, subject, "topics.scores")
+    return ScoreEncoder(schema, header, fields, privacy)
+
+
+def _frame_header(
+    settings: Settings,
+    registry: SchemaRegistryClient | None,
+    schema: dict[str, Any],
+    subject: str,
+    key: str,
+) -> bytes:
+    """The frame prefix of one output schema in the configured wire format."""
     if settings.schema_.wire_format == "confluent":
         if registry is None:
-            msg = "schema.registry_url is needed to register the alert schema"
+            msg = f"schema.registry_url is needed to register the schema of {subject}"
             raise ConfigurationError(msg)
-        subject = settings.schema_.alert_subject or f"{settings.topics.alerts}-value"
         try:
             schema_id = registry.alert_schema_id(subject, schema, settings.schema_.auto_register)
         except RegistryUnavailableError as exc:
             raise FatalError(str(exc)) from exc  # an outage, not a configuration problem
         except RegistryError as exc:
-            msg = f"schema.alert_subject {subject!r} (schema.auto_register): {exc}"
+            msg = f"{key} {subject!r} (schema.auto_register): {exc}"
             raise ConfigurationError(msg) from exc
-        header = frame_body("confluent", b"", schema_id=schema_id)
-    elif settings.schema_.wire_format == "single-object":
-        header = frame_body("single-object", b"", schema=schema)
-        log.debug("alert_schema_fingerprint", fingerprint=f"{fingerprint(schema):016x}")
-    return AlertEncoder(schema, header, __version__, fields, privacy)
+        return frame_body("confluent", b"", schema_id=schema_id)
+    if settings.schema_.wire_format == "single-object":
+        log.debug(
+            "output_schema_fingerprint", subject=subject, fingerprint=f"{fingerprint(schema):016x}"
+        )
+        return frame_body("single-object", b"", schema=schema)
+    return b""
 
 
 def build_privacy(settings: Settings) -> tuple[PrivacyPolicy, PayloadCipher | None]:
@@ -253,6 +293,33 @@ def check_batch_time_bounds(
         raise ConfigurationError(msg)
 
 
+def _live_models(models: ModelSet, metrics: ScorerMetrics, topic: str) -> LiveModels:
+    """The live set, whose every replacement updates the live-model metrics."""
+
+    def on_replace(new: ModelSet) -> None:
+        metrics.model_swaps.inc()
+        card = new.champion.card
+        metrics.init_labels(topic, card.name, card.version, card.policy.names)
+        metrics.set_model(card.name, card.version, card.sha256 or "", card.input_layout)
+
+    return LiveModels(models, on_replace)
+
+
+def endpoint_security(settings: Settings) -> EndpointSecurity:
+    """TLS and basic auth of the metrics endpoint, from ``[metrics]``.
+
+    Raises:
+        ConfigurationError: The basic-auth password file cannot be read.
+    """
+    endpoint = settings.metrics
+    return EndpointSecurity(
+        cert_file=None if endpoint.tls_cert_file is None else str(endpoint.tls_cert_file),
+        key_file=None if endpoint.tls_key_file is None else str(endpoint.tls_key_file),
+        username=endpoint.basic_auth_username,
+        password=endpoint.auth_password(),
+    )
+
+
 def _transactional_id(settings: Settings) -> str:
     # Stable across restarts (a restart fences its zombie and aborts its open transaction at
     # once) and distinct per static member, so that members of one group do not fence each other.
@@ -288,7 +355,9 @@ def build_runner(
     champion = models.champion
     fields = event_fields(settings, champion.card, reader)
     privacy, cipher = build_privacy(settings)
-    metrics.init_labels(settings.topics.input, champion.name, champion.version)
+    metrics.init_labels(
+        settings.topics.input, champion.name, champion.version, champion.card.policy.names
+    )
     metrics.set_model(
         champion.name, champion.version, champion.card.sha256 or "", champion.card.input_layout
     )
@@ -314,14 +383,10 @@ def build_runner(
     schema_registry = build_registry(settings)
     decoder = build_decoder(settings, reader, schema_registry)
     encoder = build_alert_encoder(settings, schema_registry, fields, privacy)
+    encoder.check_policy(champion.card.policy, champion.label)
+    score_encoder = build_score_encoder(settings, schema_registry, fields, privacy)
 
-    def on_replace(new: ModelSet) -> None:
-        metrics.model_swaps.inc()
-        card = new.champion.card
-        metrics.init_labels(settings.topics.input, card.name, card.version)
-        metrics.set_model(card.name, card.version, card.sha256 or "", card.input_layout)
-
-    live = LiveModels(models, on_replace)
+    live = _live_models(models, metrics, settings.topics.input)
     pipeline = Pipeline(
         decoder,
         live,
@@ -331,6 +396,8 @@ def build_runner(
         __version__,
         metrics,
         dead_letters=DeadLetterWriter(__version__, privacy, cipher),
+        scores_topic=settings.topics.scores,
+        score_encoder=score_encoder,
     )
     log.info(
         "connecting",
@@ -339,6 +406,7 @@ def build_runner(
         input=settings.topics.input,
         alerts=settings.topics.alerts,
         dead_letter=settings.topics.dead_letter,
+        scores=settings.topics.scores,
         models=models.describe(),
         consumer_config=masked(cconf),
         producer_config=masked(pconf),
@@ -397,13 +465,8 @@ def build_runner(
             committer=committer,
         )
 
+    security = endpoint_security(settings)
     endpoint = settings.metrics
-    security = EndpointSecurity(
-        cert_file=None if endpoint.tls_cert_file is None else str(endpoint.tls_cert_file),
-        key_file=None if endpoint.tls_key_file is None else str(endpoint.tls_key_file),
-        username=endpoint.basic_auth_username,
-        password=endpoint.auth_password(),
-    )
 
     def start_metrics_server() -> MetricsServer | None:
         if not endpoint.enabled:

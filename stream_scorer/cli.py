@@ -262,6 +262,7 @@ def _check(settings: Settings) -> int:
         + ", ".join(f"{name}={policy}" for name, policy in nulls.items())
         + "\n"
     )
+    sys.stdout.write(f"  decision: {model.card.policy.at_threshold(model.threshold).describe()}\n")
     return EXIT_OK
 
 

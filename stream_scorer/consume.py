@@ -174,6 +174,13 @@ class MessageBatch(Sequence[SourceRecord]):
         return self._offsets
 
     @property
+    def keys(self) -> list[bytes | None]:
+        """Each message's key, read in C (score records key every event like its alert)."""
+        if self._record is _same_record:
+            return [record.key for record in self._rows]
+        return list(map(Message.key, self._rows))
+
+    @property
     def timestamps_ms(self) -> NDArray[np.int64]:
         """Each message's timestamp in epoch ms; 0 where the broker gave none."""
         if self._timestamps is None:

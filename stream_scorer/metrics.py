@@ -144,6 +144,10 @@ class ScorerMetrics:
             "stream_scorer_records_flagged_total", "Events at or above the threshold (alerts).",
             ["model_name", "model_version"], registry=registry,
         )  # fmt: skip
+        self.decisions = Counter(
+            "stream_scorer_decisions_total", "Scored events per decision band of the model card.",
+            ["model_name", "model_version", "band"], registry=registry,
+        )  # fmt: skip
         self.records_dead_lettered = Counter(
             "stream_scorer_records_dead_lettered_total", "Records sent to the dead-letter topic.",
             ["stage", "error_type"], registry=registry,
@@ -220,11 +224,15 @@ class ScorerMetrics:
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
 
-    def init_labels(self, topic: str, model_name: str, model_version: str) -> None:
+    def init_labels(
+        self, topic: str, model_name: str, model_version: str, bands: Sequence[str] = ()
+    ) -> None:
         """Create every known label set at 0 so dashboards see series before the first event."""
         self.records_consumed.labels(topic=topic)
         self.records_scored.labels(model_name=model_name, model_version=model_version)
         self.records_flagged.labels(model_name=model_name, model_version=model_version)
+        for band in bands:
+            self.decisions.labels(model_name=model_name, model_version=model_version, band=band)
         for stage, error_type in (
             ("decode", "DecodeError"),
             ("featurize", "FeatureError"),

@@ -18,6 +18,10 @@ Each input says what a null means (``missing``; ``feature_missing`` per column f
   (``{"fill": "none"}`` for a string, ``{"fill": 0}`` for a number). Only nulls are filled: a
   NaN or infinite value in a float input is still rejected, as with ``"reject"``.
 
+An optional ``decision`` section (and ``output.type``) declares the output type and named bands
+over the score; :mod:`stream_scorer.decision` parses it. Without it, ``threshold`` is the plain
+policy (``PASS`` below, ``FLAG`` at or above, published).
+
 An optional ``event`` object names the fields that identify an event:
 ``{"id_field": "...", "time_field": "...", "key_field": null}`` (each may be omitted or null).
 
@@ -36,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stream_scorer.decision import DecisionPolicy, parse_policy, threshold_policy
 from stream_scorer.errors import ConfigurationError
 
 __all__ = [
@@ -133,6 +138,14 @@ class ModelCard:
     key_field: str | None = None
     #: sha256 of the card file's bytes as read, so a signature can be checked against them.
     card_sha256: str | None = None
+    #: The card's output type and decision bands (:mod:`stream_scorer.decision`); a card
+    #: without a ``decision`` section has the plain policy of its ``threshold``.
+    decision: DecisionPolicy | None = None
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        """The decision policy: the card's, or the plain policy of :attr:`threshold`."""
+        return self.decision if self.decision is not None else threshold_policy(self.threshold)
 
     @property
     def model_file(self) -> Path:
@@ -219,10 +232,9 @@ class ModelCard:
                         fill=fill,
                     )
                 )
-        threshold = float(raw["threshold"])
-        if not 0.0 <= threshold <= 1.0:
-            msg = f"threshold must be in [0, 1], got {threshold}"
-            raise ValueError(msg)
+        decision = parse_policy(raw)
+        # With bands the threshold is the lowest published band's edge (for logs, metrics).
+        threshold = decision.threshold
         output = raw.get("output", {})
         event = _event_fields(raw.get("event"))
         return cls(
@@ -236,6 +248,7 @@ class ModelCard:
             threshold=threshold,
             sha256=raw.get("sha256"),
             raw=raw,
+            decision=decision,
             **event,
         )
 

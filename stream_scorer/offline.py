@@ -1,11 +1,12 @@
 """Offline scoring behind ``stream-scorer score-file``: the same scores the stream gives.
 
 Reads an Avro object container file, runs the stream's scoring policy
-(:func:`~stream_scorer.pipeline.score_and_flag`: featurize, score with the same bisection, flag)
-with the same model, binding, threshold and event fields the service builds from the same
-settings, in batches of ``batch.max_size``, and writes one result per event as JSON lines or an
-Avro container file. Events the stream would dead-letter are reported with their reason instead
-of a score. Tests use it as the reference the stream is checked against.
+(:func:`~stream_scorer.pipeline.score_and_flag`: featurize, score with the same bisection, the
+card's decision policy: bands, top-k classes, regression values) with the same model, binding,
+threshold and event fields the service builds from the same settings, in batches of
+``batch.max_size``, and writes one result per event (score, band, published or not, top classes)
+as JSON lines or an Avro container file. Events the stream would dead-letter are reported with
+their reason instead of a score. Tests use it as the reference the stream is checked against.
 """
 
 from __future__ import annotations
@@ -35,6 +36,22 @@ SCORE_SCHEMA: dict[str, Any] = {
         {"name": "score", "type": ["null", "double"], "default": None},
         {"name": "flagged", "type": "boolean"},
         {"name": "threshold", "type": "double"},
+        {"name": "band", "type": ["null", "string"], "default": None},
+        {
+            "name": "classes",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "OfflineClass",
+                    "fields": [
+                        {"name": "label", "type": "string"},
+                        {"name": "probability", "type": "double"},
+                    ],
+                },
+            },
+            "default": [],
+        },
         {"name": "model_name", "type": "string"},
         {"name": "model_version", "type": "string"},
         {"name": "error", "type": ["null", "string"], "default": None},
@@ -86,9 +103,19 @@ def _score_chunk(
     """The stream's policy (:func:`~stream_scorer.pipeline.score_and_flag`) on one chunk."""
     decoded = DecodedBatch.from_events(events, model.features.fields)
     decision = score_and_flag(model, decoded)
-    scores: dict[int, float] = dict(
-        zip(decision.rows.tolist(), decision.scores.tolist(), strict=True)
-    )
+    policy = decision.policy
+    assert policy is not None and decision.bands is not None  # noqa: S101 - set by score_and_flag
+    rows = decision.rows.tolist()
+    scores: dict[int, float] = dict(zip(rows, decision.scores.tolist(), strict=True))
+    bands = dict(zip(rows, [policy.names[b] for b in decision.bands.tolist()], strict=True))
+    classes: dict[int, list[dict[str, Any]]] = {}
+    if decision.top is not None:
+        columns, probabilities = decision.top
+        for row, cols, probs in zip(rows, columns.tolist(), probabilities.tolist(), strict=True):
+            classes[row] = [
+                {"label": policy.labels[c], "probability": p}
+                for c, p in zip(cols, probs, strict=True)
+            ]
     flagged = set(decision.rows[decision.flagged].tolist())
     reasons = {r.source.offset - events[0].source.offset: r.message for r in decision.rejected}
     for row, event in enumerate(events):
@@ -98,7 +125,9 @@ def _score_chunk(
             "event_id": _event_id(event, fields),
             "score": score,
             "flagged": row in flagged,
-            "threshold": model.threshold,
+            "threshold": policy.threshold,
+            "band": bands.get(row),
+            "classes": classes.get(row, []),
             "model_name": model.name,
             "model_version": model.version,
             "error": None if score is not None else reasons.get(row, "not scored"),

@@ -33,11 +33,12 @@ import structlog
 from numpy.typing import NDArray
 
 from stream_scorer.dead_letter import DeadLetterWriter
+from stream_scorer.decision import DecisionPolicy
 from stream_scorer.decode import Decoder
-from stream_scorer.encode import AlertEncoder
+from stream_scorer.encode import AlertEncoder, ScoreEncoder, ScoreRows
 from stream_scorer.errors import ModelError
 from stream_scorer.featurize import ModelInputs
-from stream_scorer.flag import FLAG, flag_scores
+from stream_scorer.flag import flag_scores
 from stream_scorer.materialise import materialise_alerts
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_set import LiveModels, LoadedModel
@@ -51,7 +52,13 @@ from stream_scorer.records import (
     SourceRecord,
 )
 
-__all__ = ["ModelDecision", "Pipeline", "score_and_flag", "score_with_bisection"]
+__all__ = [
+    "ModelDecision",
+    "Pipeline",
+    "decision_policy",
+    "score_and_flag",
+    "score_with_bisection",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -62,15 +69,37 @@ class ModelDecision:
 
     #: Batch rows with a valid score, ascending; ``scores[i]`` belongs to ``rows[i]``.
     rows: NDArray[np.intp]
+    #: The decision value per row (probability, top class's probability, or value).
     scores: NDArray[np.float64]
-    #: Positions in ``rows``/``scores`` at or above the threshold.
+    #: Positions in ``rows``/``scores`` whose band publishes.
     flagged: NDArray[np.intp]
-    #: Valid scores below the threshold.
+    #: Valid scores in bands that do not publish.
     unflagged: int
     #: Rows the model could not take (featurize), failed on (score) or gave no probability.
     rejected: list[Rejected]
     #: True when the model failed on the whole batch and it was bisected.
     bisected: bool
+    #: The policy that decided (the card's, at the model's threshold).
+    policy: DecisionPolicy | None = None
+    #: The band index per row.
+    bands: NDArray[np.intp] | None = None
+    #: Valid rows per band, by band index.
+    band_counts: NDArray[np.intp] | None = None
+    #: Multiclass: the top classes per row (column indices) and their probabilities.
+    top: tuple[NDArray[np.intp], NDArray[np.float64]] | None = None
+
+    def published_classes(self) -> list[tuple[tuple[str, float], ...]] | None:
+        """The ``(label, probability)`` top classes of each published row (multiclass)."""
+        if self.top is None or self.policy is None:
+            return None
+        labels = self.policy.labels
+        columns, probabilities = self.top
+        return [
+            tuple(zip([labels[c] for c in cols], probs, strict=True))
+            for cols, probs in zip(
+                columns[self.flagged].tolist(), probabilities[self.flagged].tolist(), strict=True
+            )
+        ]
 
 
 def _take(inputs: ModelInputs, rows: NDArray[np.intp]) -> ModelInputs:
@@ -89,7 +118,7 @@ def score_with_bisection(
         return model.scorer.score(inputs), {}
     except ModelError as exc:
         first_error = str(exc)
-    scores = np.full(n, np.nan)
+    scores: NDArray[np.float64] | None = None  # [n] or [n, C]: shaped by the first good half
     bad: dict[int, str] = {}
     pending: list[tuple[NDArray[np.intp], str]] = [(np.arange(n), first_error)]
     while pending:
@@ -99,32 +128,44 @@ def score_with_bisection(
             continue
         for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
             try:
-                scores[half] = model.scorer.score(_take(inputs, half))
+                part = model.scorer.score(_take(inputs, half))
             except ModelError as exc:
                 pending.append((half, str(exc)))
+                continue
+            if scores is None:
+                scores = np.full((n, *part.shape[1:]), np.nan)
+            scores[half] = part
     if len(bad) == n:
         # Every event fails alone: either they are all bad or the model is down.
-        model.scorer.score(model.canary)  # raises ModelError when the model is down
+        canary = model.scorer.score(model.canary)  # raises ModelError when the model is down
+        scores = np.full((n, *canary.shape[1:]), np.nan)
     log.warning("model_failed_on_events", model=model.label, bad_events=len(bad), batch_size=n)
+    assert scores is not None  # noqa: S101 - some half scored, or the canary did
     return scores, bad
+
+
+def decision_policy(model: LoadedModel) -> DecisionPolicy:
+    """The policy a model decides by: its card's, at the model's threshold (plain cards)."""
+    return model.card.policy.at_threshold(model.threshold)
 
 
 def score_and_flag(
     model: LoadedModel, batch: DecodedBatch, stage_s: dict[str, float] | None = None
 ) -> ModelDecision:
-    """The scoring policy: featurize, score (bisecting a failing batch), flag by threshold.
+    """The scoring policy: featurize, score (bisecting a failing batch), decide by the card.
 
     Args:
         model: The model that decides.
         batch: Decoded columns with at least the model's bound fields.
         stage_s: Where to add the featurize, score and flag times, when given.
     """
+    policy = decision_policy(model)
     tick = time.perf_counter()
     inputs, rows, rejected = model.features.build_batch_inputs(batch)
     tock = time.perf_counter()
     featurize_s, tick = tock - tick, tock
 
-    scores, model_bad = score_with_bisection(model, inputs, len(rows))
+    outputs, model_bad = score_with_bisection(model, inputs, len(rows))
     tock = time.perf_counter()
     score_s, tick = tock - tick, tock
 
@@ -135,29 +176,58 @@ def score_and_flag(
         )
         keep = np.ones(len(rows), dtype=bool)
         keep[list(model_bad)] = False
-        rows, scores = rows[keep], scores[keep]
-    decisions = flag_scores(scores, model.threshold)
+        rows, outputs = rows[keep], outputs[keep]
+    decisions = flag_scores(outputs, policy)
     if decisions.invalid.size:
+        what = "a probability" if policy.is_probability else "a finite value"
         rejected.extend(
             Rejected(
                 batch.records[int(rows[i])],
                 "score",
                 "ModelError",
-                f"model returned {scores[i]!r}, not a probability",
+                f"model returned {_shown(outputs[i])}, not {what}",
             )
             for i in decisions.invalid.tolist()
         )
         keep = np.ones(len(rows), dtype=bool)
         keep[decisions.invalid] = False
-        rows, scores = rows[keep], scores[keep]
-        decisions = flag_scores(scores, model.threshold)
+        rows, outputs = rows[keep], outputs[keep]
+        decisions = flag_scores(outputs, policy)
+    top = policy.top_classes(outputs) if policy.output == "multiclass" else None
     if stage_s is not None:
         stage_s["featurize"] = stage_s.get("featurize", 0.0) + featurize_s
         stage_s["score"] = stage_s.get("score", 0.0) + score_s
         stage_s["flag"] = stage_s.get("flag", 0.0) + time.perf_counter() - tick
     return ModelDecision(
-        rows, scores, decisions.flagged, decisions.unflagged, rejected, bool(model_bad)
+        rows,
+        decisions.values,
+        decisions.flagged,
+        decisions.unflagged,
+        rejected,
+        bool(model_bad),
+        policy,
+        decisions.bands,
+        decisions.band_counts,
+        top,
     )
+
+
+def _dropped(
+    decoded: DecodedBatch, decision: ModelDecision, unreadable: list[Rejected]
+) -> NDArray[np.intp]:
+    """Positions (in ``decision.rows``) of published rows that did not decode whole."""
+    if not unreadable:
+        return np.empty(0, dtype=np.intp)
+    sources = {r.source for r in unreadable}
+    return np.array(
+        [p for p in decision.flagged.tolist() if decoded.records[decision.rows[p]] in sources],
+        dtype=np.intp,
+    )
+
+
+def _shown(output: NDArray[np.float64]) -> str:
+    """One row's output as a dead letter's reason shows it."""
+    return repr(float(output)) if output.ndim == 0 else repr(output.tolist())
 
 
 class Pipeline:
@@ -174,9 +244,17 @@ class Pipeline:
         metrics: ScorerMetrics | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         dead_letters: DeadLetterWriter | None = None,
+        scores_topic: str | None = None,
+        score_encoder: ScoreEncoder | None = None,
     ) -> None:
         """Wire the stages together (``dead_letters`` carries the privacy policy and the
-        payload cipher; plain dead letters when not given)."""
+        payload cipher; plain dead letters when not given). With ``scores_topic`` and
+        ``score_encoder``, every scored event also gets a score record on that topic."""
+        if (scores_topic is None) != (score_encoder is None):
+            msg = "a scores topic and a score encoder go together"
+            raise ValueError(msg)
+        self._scores_topic = scores_topic
+        self._score_encoder = score_encoder
         self._decoder = decoder
         self.models = models
         self._encoder = encoder
@@ -199,7 +277,10 @@ class Pipeline:
         champion = models.champion
         stage_s = result.stage_s
         tick = time.perf_counter()
-        decoded = self._decoder.decode(cast(Sequence[SourceRecord], batch), models.fields)
+        fields = models.fields
+        if self._score_encoder is not None:  # score records name every event's id and key
+            fields = tuple(dict.fromkeys((*fields, *self._score_encoder.needed_fields())))
+        decoded = self._decoder.decode(cast(Sequence[SourceRecord], batch), fields)
         rejected = list(decoded.rejected)
         stage_s["decode"] = time.perf_counter() - tick
 
@@ -210,15 +291,20 @@ class Pipeline:
 
         tick = time.perf_counter()
         flagged_rows = decision.rows[decision.flagged]
+        policy = decision.policy
+        assert policy is not None and decision.bands is not None  # noqa: S101 - set by score_and_flag
+        published_bands = decision.bands[decision.flagged]
+        scored_time_ms = self._clock_ms()
         alerts, unreadable = materialise_alerts(
             decoded,
             flagged_rows.tolist(),
             decision.scores[decision.flagged],
-            FLAG,
-            champion.threshold,
+            [policy.bands[b].name for b in published_bands.tolist()],
+            policy.lowers[published_bands].tolist(),
             champion.name,
             champion.version,
-            self._clock_ms(),
+            scored_time_ms,
+            decision.published_classes(),
         )
         rejected.extend(unreadable)
         tock = time.perf_counter()
@@ -232,6 +318,11 @@ class Pipeline:
             key, value, headers = self._dead_letters.message(reject)
             messages.append((self._dead_letter_topic, key, value, headers))
         stage_s["encode"] = time.perf_counter() - tick
+        dropped = _dropped(decoded, decision, unreadable)
+        if self._score_encoder is not None:
+            tick = time.perf_counter()
+            messages.extend(self._score_messages(decoded, decision, dropped, scored_time_ms))
+            stage_s["scores"] = time.perf_counter() - tick
 
         result.scored = len(decision.rows) - len(unreadable)
         result.flagged = len(alerts)
@@ -245,8 +336,40 @@ class Pipeline:
             msg = f"batch accounting: {result.consumed} consumed but {accounted} accounted for"
             raise AssertionError(msg)
         self._log_rejects(rejected)
-        self._observe(result, champion)
+        self._observe(result, champion, decision, dropped)
         return BatchOutput(batch, messages, result)
+
+    def _score_messages(
+        self,
+        decoded: DecodedBatch,
+        decision: ModelDecision,
+        dropped: NDArray[np.intp],
+        scored_time_ms: int,
+    ) -> list[Outgoing]:
+        """One score record per scored event (not the ``dropped`` positions: published rows
+        that failed to decode whole, dead letters instead), in batch order, keyed like alerts."""
+        assert self._score_encoder is not None and self._scores_topic is not None  # noqa: S101
+        assert decision.policy is not None and decision.bands is not None  # noqa: S101
+        keep: NDArray[np.intp] | slice = slice(None)
+        if dropped.size:
+            keep = np.setdiff1d(np.arange(len(decision.rows)), dropped)
+        top = decision.top
+        encoded = self._score_encoder.encode_rows(
+            ScoreRows(
+                decoded.records,
+                decision.rows[keep],
+                decision.scores[keep],
+                decision.bands[keep],
+                None if top is None else (top[0][keep], top[1][keep]),
+                decoded.columns,
+            ),
+            decision.policy,
+            self.models.current.champion.name,
+            self.models.current.champion.version,
+            scored_time_ms,
+        )
+        topic = self._scores_topic
+        return [(topic, key, value, headers) for key, value, headers in encoded]
 
     @staticmethod
     def _log_rejects(rejected: list[Rejected]) -> None:
@@ -260,7 +383,13 @@ class Pipeline:
                 reason=reject.message[:200],
             )
 
-    def _observe(self, result: BatchResult, model: LoadedModel) -> None:
+    def _observe(
+        self,
+        result: BatchResult,
+        model: LoadedModel,
+        decision: ModelDecision,
+        dropped: NDArray[np.intp],
+    ) -> None:
         metrics = self._metrics
         if metrics is None:
             return
@@ -268,6 +397,16 @@ class Pipeline:
         labels = {"model_name": model.name, "model_version": model.version}
         metrics.records_scored.labels(**labels).inc(result.scored)
         metrics.records_flagged.labels(**labels).inc(result.flagged)
+        if decision.policy is not None and decision.band_counts is not None:
+            counts = decision.band_counts
+            if dropped.size:  # published rows that did not decode whole are dead letters
+                assert decision.bands is not None  # noqa: S101 - set with band_counts
+                counts = counts - np.bincount(
+                    decision.bands[dropped], minlength=len(counts)
+                ).astype(np.intp)
+            for band, count in zip(decision.policy.names, counts.tolist(), strict=True):
+                if count:
+                    metrics.decisions.labels(**labels, band=band).inc(count)
         for reject in result.rejected:
             metrics.records_dead_lettered.labels(
                 stage=reject.stage, error_type=reject.error_type

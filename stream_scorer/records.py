@@ -144,6 +144,8 @@ class Scored:
     model_name: str
     model_version: str
     scored_time_ms: int = field(default=0)
+    #: Multiclass models: the top classes, most likely first, as ``(label, probability)``.
+    classes: tuple[tuple[str, float], ...] = ()
 
 
 class FieldColumn(Protocol):

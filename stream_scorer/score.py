@@ -39,6 +39,10 @@ ONNX_TYPES = {
 }
 #: Output names converters give the probability output, in order of preference.
 PROBABILITY_OUTPUT_NAMES = ("probabilities", "output_probability", "probability", "scores")
+#: Output names regressors get from converters (skl2onnx: ``variable``), in order of preference.
+VALUE_OUTPUT_NAMES = ("variable", "predictions", "prediction", "value")
+#: ``_column`` for an output read whole (``[N, C]`` class probabilities).
+ALL_COLUMNS = -2
 #: Errors onnxruntime raises from ``run``; anything else is a bug, not a model failure.
 RUN_ERRORS = (
     ort_state.Fail,
@@ -59,7 +63,7 @@ class Scorer(Protocol):
     card: ModelCard
 
     def score(self, inputs: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
-        """Positive-class probability per row."""
+        """Positive-class probability (or value) per row; ``[N, C]`` for multiclass cards."""
         ...
 
 
@@ -149,16 +153,22 @@ class OnnxScorer:
     def _pick_output(self) -> tuple[str, bool, int]:
         card = self.card
         outputs = {o.name: o for o in self._session.get_outputs()}
+        kind = card.policy.output
         name = card.output_name
         if name is None:
-            name = next((n for n in PROBABILITY_OUTPUT_NAMES if n in outputs), None)
+            names = VALUE_OUTPUT_NAMES if kind == "regression" else PROBABILITY_OUTPUT_NAMES
+            name = next((n for n in names if n in outputs), None)
         if name is None or name not in outputs:
+            what = "value" if kind == "regression" else "probability"
             msg = (
-                f"model {card.name}/{card.version}: no probability output "
-                f"(card names {card.output_name!r}; graph has {sorted(outputs)})"
+                f"model {card.name}/{card.version}: no {what} output "
+                f"(card names {card.output_name!r}; graph has {sorted(outputs)}; "
+                f"output.type {kind})"
             )
             raise ConfigurationError(msg)
         node = outputs[name]
+        if kind != "binary":
+            return name, False, self._check_output_type(name, node.type, node.shape)
         if node.type.startswith("seq(map"):
             log.warning(
                 "zipmap_output_detected",
@@ -178,8 +188,35 @@ class OnnxScorer:
         if len(shape) == 2 and shape[1] == 1:
             return name, False, 0
         if len(shape) == 2:
+            if isinstance(shape[1], int) and shape[1] > 2:
+                msg = (
+                    f"model {card.name}/{card.version}: output {name!r} has {shape[1]} classes "
+                    f"({shape}); the card declares output.type binary: declare multiclass"
+                )
+                raise ConfigurationError(msg)
             return name, False, card.positive_class_index
         msg = f"model {card.name}/{card.version}: output {name!r} has shape {shape}"
+        raise ConfigurationError(msg)
+
+    def _check_output_type(self, name: str, node_type: str, shape: list[Any]) -> int:
+        """The column to read for a multiclass or regression card; refuses a mismatched graph."""
+        card = self.card
+        policy = card.policy
+        where = f"model {card.name}/{card.version}: output {name!r} is {node_type} {shape}"
+        if node_type not in ("tensor(float)", "tensor(double)"):
+            msg = f"{where}; output.type {policy.output} needs a float tensor (ZipMap off)"
+            raise ConfigurationError(msg)
+        if policy.output == "multiclass":
+            classes = len(policy.labels)
+            if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != classes):
+                msg = f"{where}; output.type multiclass with {classes} labels needs [N, {classes}]"
+                raise ConfigurationError(msg)
+            return ALL_COLUMNS
+        if len(shape) == 1:
+            return -1
+        if len(shape) == 2 and shape[1] == 1:
+            return 0
+        msg = f"{where}; output.type regression needs one value per event ([N] or [N, 1])"
         raise ConfigurationError(msg)
 
     @property
@@ -212,6 +249,14 @@ class OnnxScorer:
         else:
             array = np.asarray(raw)
             scores = array if self._column < 0 else array[:, self._column]
+        if self._column == ALL_COLUMNS:  # class probabilities, [N, C]
+            if scores.ndim != 2 or len(scores) != n:
+                msg = (
+                    f"model {self.card.name}/{self.card.version} returned {scores.shape} "
+                    f"class probabilities for {n} rows"
+                )
+                raise ModelError(msg)
+            return scores.astype(np.float64, copy=False)
         if scores.shape != (n,):
             msg = (
                 f"model {self.card.name}/{self.card.version} returned {scores.shape} scores "

@@ -188,12 +188,17 @@ class TopicSettings(_Section):
     """Topic for flagged events (``schemas/alert.avsc``), keyed by the source event's key."""
     dead_letter: str = "transactions-dlq"
     """Topic for events that cannot be scored: original bytes, reason in headers."""
+    scores: str | None = None
+    """Topic for one score record per scored event (``schemas/score.avsc``: id, key, score or
+    top classes, band, model, lineage), keyed like the alerts; unset: no score records."""
 
     @model_validator(mode="after")
     def _distinct(self) -> Self:
         names = {"input": self.input, "alerts": self.alerts, "dead_letter": self.dead_letter}
+        if self.scores is not None:
+            names["scores"] = self.scores
         if len(set(names.values())) != len(names):
-            msg = f"topics.input, topics.alerts and topics.dead_letter must differ, got {names}"
+            msg = f"topics.{', topics.'.join(names)} must differ, got {names}"
             raise ValueError(msg)
         return self
 
@@ -222,6 +227,9 @@ class SchemaSettings(_Section):
     """The schema the service reads events as; writer schemas are resolved against it."""
     alert: Path = Path("schemas/alert.avsc")
     """The schema of published alerts."""
+    scores: Path = Path("schemas/score.avsc")
+    """The schema of score records (``topics.scores``); registered as
+    ``<topics.scores>-value`` with the ``confluent`` wire format."""
     wire_format: Literal["confluent", "plain", "single-object"] = "confluent"
     """``confluent``: magic byte 0 + 4-byte schema id, writer schema from the registry.
     ``plain``: bare Avro written with ``writer``. ``single-object``: C3 01 + 8-byte

@@ -70,6 +70,7 @@ def test_alert_value_decodes_against_alert_schema(
         "source_partition": 5,
         "source_offset": 1234,
         "projection": None,
+        "classes": None,
     }
 
 

@@ -1,10 +1,12 @@
-"""Stage 5, flag: a pure function of scores and a threshold; invalid scores are named."""
+"""Stage 5, flag: a pure function of scores and the policy (a threshold or bands); invalid
+scores are named."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from stream_scorer.decision import parse_policy, threshold_policy
 from stream_scorer.flag import flag_scores
 
 
@@ -64,3 +66,62 @@ def test_counts_add_up() -> None:
 def test_empty_batch() -> None:
     """No scores give no flags, no invalid scores and zero unflagged."""
     assert _flag([]) == ([], [], 0)
+
+
+def test_bands_publish_only_their_publishing_bands() -> None:
+    """With bands, rows in publishing bands are flagged; every valid row gets its band."""
+    policy = parse_policy(
+        {
+            "decision": {
+                "bands": [
+                    {"name": "APPROVE", "publish": False},
+                    {"name": "REVIEW", "from": 0.4, "publish": True},
+                    {"name": "DECLINE", "from": 0.8, "publish": True},
+                ]
+            }
+        }
+    )
+    scores = np.array([0.1, 0.5, np.nan, 0.9, 0.39])
+
+    decisions = flag_scores(scores, policy)
+
+    assert decisions.flagged.tolist() == [1, 3]
+    assert decisions.invalid.tolist() == [2]
+    assert decisions.unflagged == 2
+    assert decisions.bands[[0, 1, 3, 4]].tolist() == [0, 1, 2, 0]
+    assert decisions.band_counts.tolist() == [2, 1, 1]
+
+
+def test_a_threshold_is_the_two_band_policy() -> None:
+    """A bare threshold decides exactly like its plain policy: FLAG band published."""
+    rng = np.random.default_rng(11)
+    scores = rng.uniform(0, 1, size=300)
+
+    bare, plain = flag_scores(scores, 0.42), flag_scores(scores, threshold_policy(0.42))
+
+    assert bare.flagged.tolist() == plain.flagged.tolist()
+    assert bare.band_counts.tolist() == [300 - len(bare.flagged), len(bare.flagged)]
+    assert (bare.bands[bare.flagged] == 1).all()
+
+
+def test_multiclass_rows_are_invalid_when_any_class_is_not_a_probability() -> None:
+    """A [N, C] output is judged per row on every class; the value is the top class's."""
+    policy = parse_policy(
+        {
+            "output": {"type": "multiclass", "labels": ["a", "b", "c"]},
+            "decision": {
+                "top_k": 1,
+                "bands": [
+                    {"name": "LOW", "publish": False},
+                    {"name": "HIGH", "from": 0.5, "publish": True},
+                ],
+            },
+        }
+    )
+    outputs = np.array([[0.2, 0.7, 0.1], [0.4, 0.3, 0.3], [0.9, -0.1, 0.2]])
+
+    decisions = flag_scores(outputs, policy)
+
+    assert decisions.flagged.tolist() == [0]
+    assert decisions.invalid.tolist() == [2]
+    assert decisions.values[:2].tolist() == [0.7, 0.4]
