@@ -16,6 +16,14 @@ What it does:
    ``probabilities`` [N, 2] float32.
 4. Checks onnxruntime against ``predict_proba`` on the holdout, picks the threshold, computes
    the holdout metrics, and writes ``models/fraud/1/{model.onnx,model.json,MODEL_CARD.md}``.
+5. Freezes the reference statistics the stream watches drift against (histogram bins per input
+   from the training events and for the score from the holdout, categories with an ``other``
+   bucket, null rates, the spread of PSI over reference chunks) into ``model.json`` under
+   ``reference`` (:mod:`stream_scorer.monitoring.reference`).
+
+``--reference-only`` does step 5 alone for the model already on disk: it regenerates the same
+seeded events, scores the holdout with the existing ``model.onnx`` (left byte-identical) and
+rewrites only the ``reference`` key of ``model.json``.
 
 Everything is seeded: two runs print the same metrics.
 """
@@ -48,6 +56,7 @@ REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from stream_scorer.devtools.generate import TransactionGenerator  # noqa: E402
+from stream_scorer.monitoring.reference import build_reference  # noqa: E402
 
 # Where the model version lives: models/<name>/<version>/.
 MODEL_NAME: Final = "fraud"
@@ -366,8 +375,54 @@ _INPUT_NOTES: Final = {
 }
 
 
+def reference_section(
+    train_cols: dict[str, NDArray[Any]], hold_score: NDArray[np.float64]
+) -> dict[str, Any]:
+    """The card's ``reference``: frozen bins per input (training events) and for the score
+    (holdout scores, which are what a live window of scores is compared with).
+
+    Args:
+        train_cols: Output of :func:`to_columns` on the training events.
+        hold_score: The ONNX model's scores on the holdout events.
+    """
+    return build_reference(
+        {name: train_cols[name].reshape(-1) for name, _ in FEATURES},
+        {name: "categorical" if kind == "string" else "numeric" for name, kind in FEATURES},
+        hold_score,
+        source=(
+            f"inputs: {N_TRAIN} training events (seed {TRAIN_SEED}); score: {N_HOLDOUT} "
+            f"holdout events (seed {HOLDOUT_SEED})"
+        ),
+    )
+
+
+def reference_only() -> None:
+    """Add (or refresh) the ``reference`` key of the existing model's card; nothing else
+    changes, ``model.onnx`` is only read."""
+    train_events, _ = TransactionGenerator(seed=TRAIN_SEED, fraud_rate=FRAUD_RATE).generate(N_TRAIN)
+    hold_events, _ = TransactionGenerator(seed=HOLDOUT_SEED, fraud_rate=FRAUD_RATE).generate(
+        N_HOLDOUT
+    )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    onnx_path = OUT_DIR / "model.onnx"
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    (proba,) = sess.run(["probabilities"], to_columns(hold_events))
+    card_path = OUT_DIR / "model.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("sha256") != sha256_of(onnx_path):
+        msg = f"{onnx_path} does not match its card's sha256: retrain instead"
+        raise RuntimeError(msg)
+    card["reference"] = reference_section(to_columns(train_events), proba[:, 1].astype(np.float64))
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    print(f"reference written to {card_path}")
+
+
 def main() -> None:
     """Train, export, verify and write the model version directory."""
+    if "--reference-only" in sys.argv[1:]:
+        reference_only()
+        return
     t0 = time.perf_counter()
     train_events, y_train = TransactionGenerator(seed=TRAIN_SEED, fraud_rate=FRAUD_RATE).generate(
         N_TRAIN
@@ -460,6 +515,7 @@ def main() -> None:
             "opset": opset,
         },
         "sha256": sha256_of(onnx_path),
+        "reference": reference_section(train_cols, score),
     }
     (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")
