@@ -43,6 +43,7 @@ from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, Score
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
 from stream_scorer.model_set import load_model as load_model_folder
+from stream_scorer.monitoring.setup import build_monitor, check_shadows
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.privacy import PayloadCipher, PrivacyPolicy, Pseudonymiser, decode_key
 from stream_scorer.records import BatchResult
@@ -118,12 +119,20 @@ def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
 
 
 def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
-    """The model set the service starts with: the configured model as champion.
+    """The model set the service starts with: the configured model as champion, and the
+    ``monitoring.shadows`` (issue 11).
 
     Raises:
         ConfigurationError: The model cannot be loaded, bound or warmed up.
     """
-    return ModelSet(champion=load_model(settings, reader))
+    champion = load_model(settings, reader)
+    model = settings.model
+    shadows = tuple(
+        load_model_folder(path, reader, model.intra_op_threads, model.verify_sha256)
+        for path in settings.monitoring.shadows
+    )
+    check_shadows(champion, shadows)
+    return ModelSet(champion=champion, shadows=shadows)
 
 
 def event_fields(settings: Settings, card: ModelCard, reader: Mapping[str, Any]) -> EventFields:
@@ -326,6 +335,7 @@ def build_runner(
         __version__,
         metrics,
         dead_letters=DeadLetterWriter(__version__, privacy, cipher),
+        monitor=build_monitor(settings, registry),
     )
     log.info(
         "connecting",

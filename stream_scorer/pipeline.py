@@ -41,6 +41,7 @@ from stream_scorer.flag import FLAG, flag_scores
 from stream_scorer.materialise import materialise_alerts
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_set import LiveModels, LoadedModel
+from stream_scorer.monitoring.monitor import Monitor
 from stream_scorer.records import (
     Batch,
     BatchOutput,
@@ -174,9 +175,11 @@ class Pipeline:
         metrics: ScorerMetrics | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         dead_letters: DeadLetterWriter | None = None,
+        monitor: Monitor | None = None,
     ) -> None:
         """Wire the stages together (``dead_letters`` carries the privacy policy and the
-        payload cipher; plain dead letters when not given)."""
+        payload cipher; plain dead letters when not given; ``monitor`` watches shadows,
+        comparison and drift, :mod:`stream_scorer.monitoring`)."""
         self._decoder = decoder
         self.models = models
         self._encoder = encoder
@@ -185,6 +188,7 @@ class Pipeline:
         self._dead_letters = dead_letters or DeadLetterWriter(scorer_version)
         self._metrics = metrics
         self._clock_ms = clock_ms
+        self._monitor = monitor
 
     def process(self, batch: Batch) -> BatchOutput:
         """Score one batch; return its alerts and dead letters to publish, and its result.
@@ -246,6 +250,10 @@ class Pipeline:
             raise AssertionError(msg)
         self._log_rejects(rejected)
         self._observe(result, champion)
+        # Monitoring hook (issue 11): shadows, comparison, drift on the decoded batch, after
+        # the output is final; it never raises and never changes what is published.
+        if self._monitor is not None:
+            self._monitor.observe(models, decoded, decision, stage_s)
         return BatchOutput(batch, messages, result)
 
     @staticmethod
