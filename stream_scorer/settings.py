@@ -447,6 +447,9 @@ class MonitoringSettings(_Section):
     """Fixed thresholds: PSI at which an input's drift alarms (one warning per window)."""
     sigmas: float = Field(default=3.0, gt=0)
     """Learned thresholds: standard deviations above the mean reference chunk PSI."""
+    drift_max_share: float = Field(default=0.05, gt=0, le=1)
+    """Most drift time as a share of the pipeline's time: past it whole batches are left out
+    of the windows (counted in ``stream_scorer_drift_records_skipped_total``); 1 counts all."""
     shadows: tuple[Path, ...] = ()
     """Model folders scored as shadows on every batch (never published), compared with the
     champion."""

@@ -31,6 +31,8 @@ import structlog
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from stream_scorer.decode.columnar import BytesColumn
+from stream_scorer.monitoring.codes import category_codes
 from stream_scorer.monitoring.reference import SCORE, FeatureReference, Reference, js_distance, psi
 from stream_scorer.records import DecodedBatch
 
@@ -204,8 +206,12 @@ class DriftMonitor:
             column = decoded.columns.get(name)
             if column is None:
                 continue  # a field the decoder does not deliver (not bound by this set)
-            values = column.to_numpy(np.float32) if ref.kind == "numeric" else column.to_objects()
-            window.counts[name] += ref.counts(values, column.null)
+            if ref.kind == "numeric":
+                window.counts[name] += ref.counts(column.to_numpy(np.float32), column.null)
+            elif type(column) is BytesColumn and column.is_string:
+                window.counts[name] += ref.counts_binned(ref.by_bytes.bins(column), column.null)
+            else:
+                window.counts[name] += ref.counts_coded(*category_codes(column), column.null)
         if window.reference.score is not None and window.score is not None:
             window.score += window.reference.score.counts(decision.scores, None)
         window.events += len(decoded.records)

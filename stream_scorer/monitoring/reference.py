@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_scorer.errors import ConfigurationError
+from stream_scorer.monitoring.codes import ByteCategories
 
 __all__ = [
     "CHUNK_SIZE",
@@ -104,10 +105,13 @@ class FeatureReference:
     chunk_size: int
     #: Category to bin, built once (the stream looks up each batch's distinct values in it).
     lookup: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    #: The categories as hashed words, to bin the columnar decoder's string columns by bytes.
+    by_bytes: ByteCategories = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Index the categories."""
         object.__setattr__(self, "lookup", {c: i for i, c in enumerate(self.categories)})
+        object.__setattr__(self, "by_bytes", ByteCategories(self.categories))
 
     @property
     def n_bins(self) -> int:
@@ -134,15 +138,41 @@ class FeatureReference:
                 x = x[~nan]
             idx = np.searchsorted(self.edges, x, side="right")
         else:
-            index = self.lookup
             distinct, inverse = np.unique(present.astype(str), return_inverse=True)
-            other = len(self.categories)
-            codes = np.fromiter(
-                (index.get(v, other) for v in distinct.tolist()), dtype=np.intp, count=len(distinct)
-            )
-            idx = codes[inverse.reshape(-1)]
+            idx = self.bins_of(distinct.tolist())[inverse.reshape(-1)]
         out = np.bincount(idx, minlength=self.n_bins + 1)
         out[-1] = nulls  # bincount never reaches the last slot: it is the null bin
+        return out.astype(np.int64)
+
+    def bins_of(self, distinct: list[str]) -> NDArray[np.intp]:
+        """The bin of each distinct category (``other`` for any the card does not list)."""
+        other = len(self.categories)
+        index = self.lookup
+        return np.fromiter(
+            (index.get(v, other) for v in distinct), dtype=np.intp, count=len(distinct)
+        )
+
+    def counts_coded(
+        self, codes: NDArray[np.intp], distinct: list[str], null: NDArray[np.bool_] | None
+    ) -> NDArray[np.int64]:
+        """Categorical counts from dictionary codes: row ``i`` holds ``distinct[codes[i]]``.
+
+        The lookup runs once per distinct value of the batch, the rest is one gather and one
+        ``bincount``.
+        """
+        return self.counts_binned(self.bins_of(distinct)[codes], null)
+
+    def counts_binned(
+        self, idx: NDArray[np.intp], null: NDArray[np.bool_] | None
+    ) -> NDArray[np.int64]:
+        """Counts from each row's bin (null rows, whatever their bin, count as null)."""
+        if null is not None and null.any():
+            idx = idx[~null]
+            nulls = int(null.sum())
+        else:
+            nulls = 0
+        out = np.bincount(idx, minlength=self.n_bins + 1)
+        out[-1] = nulls
         return out.astype(np.int64)
 
     def to_json(self) -> dict[str, Any]:

@@ -49,5 +49,11 @@ def build_monitor(settings: Settings, registry: CollectorRegistry | None) -> Mon
     )
     budget = ShadowBudget(m.shadow_max_ratio, m.shadow_min_budget_ms, m.shadow_strikes)
     return Monitor(
-        score_and_flag, registry, drift, budget, m.disagreements_per_minute, drift_enabled=m.drift
+        score_and_flag,
+        registry,
+        drift,
+        budget,
+        m.disagreements_per_minute,
+        drift_enabled=m.drift,
+        drift_max_share=m.drift_max_share,
     )

@@ -297,3 +297,19 @@ def test_build_monitor_follows_the_settings() -> None:
     monitor = build_monitor(on, None)
     assert monitor is not None and monitor.drift is not None
     assert monitor.drift.config.window_events == 123
+
+
+def test_drift_time_cap_skips_whole_batches_and_counts_them(
+    champion: LoadedModel, records: list[SourceRecord], alert_schema: dict[str, Any]
+) -> None:
+    """With no cap every event is counted; with a tiny share only the first batch is, and the
+    rest are counted as skipped."""
+    for share, counted in ((1.0, N), (1e-12, 500)):
+        registry = CollectorRegistry()
+        monitor = Monitor(score_and_flag, registry, drift_max_share=share)
+        pipeline = _pipeline(ModelSet(champion), alert_schema, monitor)
+        for start in range(0, N, 500):
+            pipeline.process(MessageBatch.from_records(records[start : start + 500]))
+        assert (monitor.drift_counted, monitor.drift_skipped) == (counted, N - counted)
+        skipped = registry.get_sample_value("stream_scorer_drift_records_skipped_total")
+        assert skipped == N - counted
