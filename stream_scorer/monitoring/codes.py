@@ -99,6 +99,8 @@ def category_codes(column: FieldColumn) -> tuple[NDArray[np.intp], list[str]]:
     if isinstance(column, EnumColumn):
         return column.index.astype(np.intp), list(column.symbols)
     values: NDArray[Any] = column.to_objects()
-    text = np.array(["" if v is None else str(v) for v in values.tolist()], dtype=str)
+    # An object array of str: numpy's fixed-width strings would drop trailing NULs.
+    text = np.empty(len(values), dtype=object)
+    text[:] = ["" if v is None else str(v) for v in values.tolist()]
     distinct, inverse = np.unique(text, return_inverse=True)
     return inverse.reshape(-1).astype(np.intp), [str(v) for v in distinct.tolist()]

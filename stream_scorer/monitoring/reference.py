@@ -138,7 +138,7 @@ class FeatureReference:
                 x = x[~nan]
             idx = np.searchsorted(self.edges, x, side="right")
         else:
-            distinct, inverse = np.unique(present.astype(str), return_inverse=True)
+            distinct, inverse = np.unique(_as_text(present), return_inverse=True)
             idx = self.bins_of(distinct.tolist())[inverse.reshape(-1)]
         out = np.bincount(idx, minlength=self.n_bins + 1)
         out[-1] = nulls  # bincount never reaches the last slot: it is the null bin
@@ -241,6 +241,14 @@ def _chunk_spread(
     return float(np.mean(psis)), float(np.std(psis, ddof=1))
 
 
+def _as_text(values: NDArray[Any]) -> NDArray[np.object_]:
+    """Values as an object array of ``str`` (not numpy's fixed-width strings, which drop
+    trailing NUL characters and would merge ``"a"`` with ``"a\\x00"``)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [v if isinstance(v, str) else str(v) for v in values.tolist()]
+    return out
+
+
 def _nulls(values: NDArray[Any]) -> NDArray[np.bool_] | None:
     if values.dtype == object:
         return np.fromiter((v is None for v in values), dtype=bool, count=len(values))
@@ -273,7 +281,7 @@ def feature_reference(
             edges = np.unique(quantiles.astype(np.float32))
         ref = FeatureReference(kind, edges, (), np.ones(len(edges) + 1), 0.0, None, chunk_size)
     else:
-        distinct, counts = np.unique(present.astype(str), return_counts=True)
+        distinct, counts = np.unique(_as_text(present), return_counts=True)
         order = np.argsort(-counts, kind="stable")[:MAX_CATEGORIES]
         categories = tuple(str(c) for c in distinct[order])
         ref = FeatureReference(

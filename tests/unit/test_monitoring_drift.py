@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import numpy as np
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
 from stream_scorer.app import load_model
+from stream_scorer.consume import MessageBatch
+from stream_scorer.decode import ColumnarAvroDecoder
+from stream_scorer.decode.columnar import BytesColumn
 from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.model_set import LoadedModel
@@ -280,3 +285,31 @@ def _with_card(model: LoadedModel, card: Any) -> Any:
     scorer = copy.copy(model.scorer)
     scorer.card = card
     return scorer
+
+
+def test_string_columns_binned_by_bytes_match_binning_by_value() -> None:
+    """Prefixes, longer values, trailing NULs, multi-byte UTF-8, empty and null strings land
+    in the same bins by bytes as by Python value."""
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "c", "type": ["null", "string"]}],
+    }
+    categories = ["grocery", "gro", "électronique", "a\x00", "", "x" * 17]
+    ref = feature_reference(np.array(categories * 10, dtype=object), "categorical")
+    live = [*categories, "groceryX", "grocer", "a", "électroniqu", None, "x" * 16, "x" * 18, "zz"]
+    values = live * 50
+    parsed = fastavro.parse_schema(schema)
+    records = []
+    for i, v in enumerate(values):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, {"c": v})
+        records.append(SourceRecord("t", 0, i, None, buf.getvalue()))
+    decoded = ColumnarAvroDecoder(schema, "plain").decode(MessageBatch.from_records(records), ["c"])
+    column = decoded.columns["c"]
+    assert isinstance(column, BytesColumn)
+    by_bytes = ref.counts_binned(ref.by_bytes.bins(column), column.null)
+    by_value = ref.counts(column.to_objects(), column.null)
+    assert by_bytes.tolist() == by_value.tolist()
+    assert by_bytes[-1] == 50  # the nulls
+    assert by_bytes[-2] == 50 * 7  # the seven values the card does not list: other
