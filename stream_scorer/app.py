@@ -120,7 +120,7 @@ def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
 
 def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
     """The model set the service starts with: the configured model as champion, and the
-    ``monitoring.shadows`` (issue 11).
+    ``monitoring.shadows`` and ``monitoring.canary`` (issue 11).
 
     Raises:
         ConfigurationError: The model cannot be loaded, bound or warmed up.
@@ -131,8 +131,16 @@ def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
         load_model_folder(path, reader, model.intra_op_threads, model.verify_sha256)
         for path in settings.monitoring.shadows
     )
-    check_shadows(champion, shadows)
-    return ModelSet(champion=champion, shadows=shadows)
+    monitoring = settings.monitoring
+    canary = (
+        None
+        if monitoring.canary is None
+        else load_model_folder(
+            monitoring.canary, reader, model.intra_op_threads, model.verify_sha256
+        )
+    )
+    check_shadows(champion, shadows if canary is None else (canary, *shadows))
+    return ModelSet(champion, shadows, canary, monitoring.canary_fraction)
 
 
 def event_fields(settings: Settings, card: ModelCard, reader: Mapping[str, Any]) -> EventFields:

@@ -41,6 +41,7 @@ from stream_scorer.flag import FLAG, flag_scores
 from stream_scorer.materialise import materialise_alerts
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_set import LiveModels, LoadedModel
+from stream_scorer.monitoring.canary import split as canary_split
 from stream_scorer.monitoring.monitor import Monitor
 from stream_scorer.records import (
     Batch,
@@ -208,22 +209,39 @@ class Pipeline:
         stage_s["decode"] = time.perf_counter() - tick
 
         decision = score_and_flag(champion, decoded, stage_s)
-        rejected.extend(decision.rejected)
+        # Canary hook (issue 11): the canary decides the events whose key hashes into its share.
+        deciders = [(champion, decision)]
+        if models.canary is not None and models.canary_fraction > 0:
+            decision, canary_decision = canary_split(
+                decision,
+                score_and_flag(models.canary, decoded, stage_s),
+                decoded.records,
+                models.canary_fraction,
+            )
+            deciders = [(champion, decision), (models.canary, canary_decision)]
+        for _, decided in deciders:
+            rejected.extend(decided.rejected)
         if decision.bisected and self._metrics is not None:
             self._metrics.model_bisections.inc()
 
         tick = time.perf_counter()
-        flagged_rows = decision.rows[decision.flagged]
-        alerts, unreadable = materialise_alerts(
-            decoded,
-            flagged_rows.tolist(),
-            decision.scores[decision.flagged],
-            FLAG,
-            champion.threshold,
-            champion.name,
-            champion.version,
-            self._clock_ms(),
-        )
+        alerts, unreadable = [], []
+        result.scored_by = {}
+        for model, decided in deciders:
+            flagged_rows = decided.rows[decided.flagged]
+            model_alerts, model_unreadable = materialise_alerts(
+                decoded,
+                flagged_rows.tolist(),
+                decided.scores[decided.flagged],
+                FLAG,
+                model.threshold,
+                model.name,
+                model.version,
+                self._clock_ms(),
+            )
+            alerts.extend(model_alerts)
+            unreadable.extend(model_unreadable)
+            result.scored_by[model.label] = len(decided.rows) - len(model_unreadable)
         rejected.extend(unreadable)
         tock = time.perf_counter()
         stage_s["materialise"], tick = tock - tick, tock
@@ -237,13 +255,12 @@ class Pipeline:
             messages.append((self._dead_letter_topic, key, value, headers))
         stage_s["encode"] = time.perf_counter() - tick
 
-        result.scored = len(decision.rows) - len(unreadable)
+        result.scored = sum(len(d.rows) for _, d in deciders) - len(unreadable)
         result.flagged = len(alerts)
-        result.unflagged = decision.unflagged
+        result.unflagged = sum(d.unflagged for _, d in deciders)
         result.dead_lettered = len(rejected)
         result.alerts = alerts
         result.rejected = rejected
-        result.scored_by = {champion.label: result.scored}
         accounted = result.flagged + result.unflagged + result.dead_lettered
         if accounted != result.consumed:  # a bug, never bad input: stop before committing
             msg = f"batch accounting: {result.consumed} consumed but {accounted} accounted for"

@@ -453,6 +453,11 @@ class MonitoringSettings(_Section):
     shadows: tuple[Path, ...] = ()
     """Model folders scored as shadows on every batch (never published), compared with the
     champion."""
+    canary: Path | None = None
+    """Model folder of the canary: it decides (and publishes, labelled with its version) the
+    events whose key hashes into ``canary_fraction``; the champion the rest."""
+    canary_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of events (by key hash, sticky per key) the canary decides."""
     shadow_max_ratio: float = Field(default=2.0, gt=0)
     """A shadow batch is over budget above this multiple of the champion's featurize + score
     time ..."""
@@ -467,6 +472,9 @@ class MonitoringSettings(_Section):
     def _consistent(self) -> Self:
         if self.window_events == 0 and self.window_seconds == 0:
             msg = "monitoring.window_events and monitoring.window_seconds cannot both be 0"
+            raise ValueError(msg)
+        if (self.canary is None) != (self.canary_fraction == 0):
+            msg = "monitoring.canary and monitoring.canary_fraction > 0 go together"
             raise ValueError(msg)
         if self.psi_warn > self.psi_alert:
             msg = "monitoring.psi_warn must not exceed monitoring.psi_alert"

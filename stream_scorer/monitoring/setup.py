@@ -16,7 +16,8 @@ __all__ = ["build_monitor", "check_shadows"]
 
 
 def check_shadows(champion: LoadedModel, shadows: tuple[LoadedModel, ...]) -> None:
-    """Each shadow is a model version of its own: comparisons and gauges are keyed by it.
+    """Each shadow (and the canary) is a model version of its own: comparisons, gauges and
+    alerts are labelled by it.
 
     Raises:
         ConfigurationError: A shadow has the champion's or another shadow's name/version.
@@ -25,8 +26,8 @@ def check_shadows(champion: LoadedModel, shadows: tuple[LoadedModel, ...]) -> No
     for shadow in shadows:
         if shadow.label in seen:
             msg = (
-                f"monitoring.shadows: {shadow.label} ({shadow.card.path}) is already in the "
-                "model set; a shadow must be another model version"
+                f"monitoring.shadows/canary: {shadow.label} ({shadow.card.path}) is already "
+                "in the model set; a shadow or canary must be another model version"
             )
             raise ConfigurationError(msg)
         seen.add(shadow.label)

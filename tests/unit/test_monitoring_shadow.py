@@ -270,7 +270,7 @@ def test_monitor_failure_never_reaches_the_pipeline(
 
 def test_shadow_must_be_another_model_version(champion: LoadedModel) -> None:
     """A shadow with the champion's name/version is refused at start-up, naming the key."""
-    with pytest.raises(ConfigurationError, match=r"monitoring\.shadows: fraud/1"):
+    with pytest.raises(ConfigurationError, match=r"monitoring\.shadows/canary: fraud/1"):
         check_shadows(champion, (champion,))
 
 
