@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stream_scorer.decode.columnar import BytesColumn
 from stream_scorer.monitoring.codes import category_codes
+from stream_scorer.monitoring.perf import PerformanceMetrics, expected_performance
 from stream_scorer.monitoring.reference import SCORE, FeatureReference, Reference, js_distance, psi
 from stream_scorer.records import DecodedBatch
 
@@ -90,6 +91,9 @@ class WindowReport:
     crossed: list[str]
     #: Inputs at or above the watch level but below the alarm.
     watch: list[str]
+    #: CBPE-style estimates from the window's scores (:mod:`.perf`); None when undefined.
+    expected_precision: float | None = None
+    expected_recall: float | None = None
 
 
 class DriftMetrics:
@@ -142,6 +146,7 @@ class DriftMetrics:
         self.windows = Counter(
             "stream_scorer_drift_windows", "Drift windows closed.", model, registry=registry
         )
+        self.performance = PerformanceMetrics(registry)
 
     def forget(self, name: str, version: str, inputs: Iterable[str]) -> None:
         """Drop a retired model version's series so the label set stays bounded."""
@@ -150,7 +155,8 @@ class DriftMetrics:
             for name_ in inputs:
                 with contextlib.suppress(KeyError):  # never observed for this input
                     metric.remove(name, version, name_)
-        for metric in (self.alert_ratio, self.window_events, self.windows):
+        for metric in (self.alert_ratio, self.window_events, self.windows,
+                       self.performance.precision, self.performance.recall):  # fmt: skip
             with contextlib.suppress(KeyError):
                 metric.remove(name, version)
 
@@ -164,6 +170,8 @@ class _Window:
     events: int = 0
     scored: int = 0
     flagged: int = 0
+    score_sum: float = 0.0
+    flagged_score_sum: float = 0.0
 
     def reset(self, now_s: float) -> None:
         self.opened_s = now_s
@@ -174,6 +182,7 @@ class _Window:
         ref = self.reference.score
         self.score = None if ref is None else np.zeros(ref.n_bins + 1, dtype=np.int64)
         self.events = self.scored = self.flagged = 0
+        self.score_sum = self.flagged_score_sum = 0.0
 
 
 class DriftMonitor:
@@ -217,6 +226,8 @@ class DriftMonitor:
         window.events += len(decoded.records)
         window.scored += len(decision.rows)
         window.flagged += len(decision.flagged)
+        window.score_sum += float(decision.scores.sum())
+        window.flagged_score_sum += float(decision.scores[decision.flagged].sum())
         if self._due(window):
             return self._close(model, window)
         return None
@@ -307,6 +318,7 @@ class DriftMonitor:
             thresholds,
             crossed,
             watch,
+            *expected_performance(window.flagged, window.flagged_score_sum, window.score_sum),
         )
         self._export(report)
         self.reports = [*self.reports[-63:], report]
@@ -330,6 +342,7 @@ class DriftMonitor:
             m.alert_ratio.labels(*labels).set(report.alert_rate)
             m.window_events.labels(*labels).set(report.events)
             m.windows.labels(*labels).inc()
+            m.performance.set(*labels, report.expected_precision, report.expected_recall)
         if report.crossed:
             log.warning(
                 "drift_alarm",
