@@ -11,6 +11,7 @@ challenger that disagrees on everything cannot flood the log.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -67,6 +68,18 @@ class ComparisonMetrics:
             "Share of compared events each model flags (role: champion or challenger).",
             [*pair, "role"], registry=registry,
         )  # fmt: skip
+
+    def forget(self, champion: str, challenger: str) -> None:
+        """Remove every series of one pair."""
+        for outcome in OUTCOMES:
+            with contextlib.suppress(KeyError):  # never observed
+                self.decisions.remove(champion, challenger, outcome)
+        for gauge in (self.agreement, self.abs_diff, self.correlation):
+            with contextlib.suppress(KeyError):
+                gauge.remove(champion, challenger)
+        for role in ("champion", "challenger"):
+            with contextlib.suppress(KeyError):
+                self.alert_ratio.remove(champion, challenger, role)
 
 
 @dataclass(slots=True)
@@ -201,9 +214,12 @@ class Comparisons:
         return comparison
 
     def retain(self, labels: set[tuple[str, str]]) -> None:
-        """Forget pairs not in ``labels`` (after a model set is replaced)."""
+        """Forget pairs not in ``labels`` (after a model set is replaced), and their series, so
+        the label sets stay bounded."""
         for key in [k for k in self.pairs if k not in labels]:
             del self.pairs[key]
+            if self._metrics is not None:
+                self._metrics.forget(*key)
 
     def _export(self, c: Comparison, a: Any, b: Any) -> None:
         m = self._metrics

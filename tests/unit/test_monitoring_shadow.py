@@ -107,6 +107,11 @@ def test_shadow_changes_nothing_the_pipeline_returns(
         assert watched.process(batch).messages == plain.process(batch).messages
     labels = {"model_name": "fraud", "model_version": "2"}
     assert registry.get_sample_value("stream_scorer_shadow_records_scored_total", labels) == N
+    pair = {"champion": "fraud/1", "challenger": "fraud/2"}
+    assert registry.get_sample_value("stream_scorer_comparison_agreement_ratio", pair) is not None
+    watched.models.replace(ModelSet(champion))  # the shadow retires: its series go with it
+    watched.process(MessageBatch.from_records(records[:10]))
+    assert registry.get_sample_value("stream_scorer_comparison_agreement_ratio", pair) is None
 
 
 def test_comparison_counts_the_confusion_of_decisions(
