@@ -16,6 +16,14 @@ What it does:
    ``probabilities`` [N, 2] float32.
 4. Checks onnxruntime against ``predict_proba`` on the holdout, picks the threshold, computes
    the holdout metrics, and writes ``models/fraud/1/{model.onnx,model.json,MODEL_CARD.md}``.
+5. Freezes the reference statistics the stream watches drift against (histogram bins per input
+   from the training events and for the score from the holdout, categories with an ``other``
+   bucket, null rates, the spread of PSI over reference chunks) into ``model.json`` under
+   ``reference`` (:mod:`stream_scorer.monitoring.reference`).
+
+``--reference-only`` does step 5 alone for the model already on disk: it regenerates the same
+seeded events, scores the holdout with the existing ``model.onnx`` (left byte-identical) and
+rewrites only the ``reference`` key of ``model.json``.
 
 Everything is seeded: two runs print the same metrics.
 """
@@ -49,6 +57,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from stream_scorer.devtools.generate import TransactionGenerator  # noqa: E402
 from stream_scorer.integrity import external_data_locations  # noqa: E402
+from stream_scorer.monitoring.perf import expected_performance  # noqa: E402
+from stream_scorer.monitoring.reference import build_reference  # noqa: E402
 
 # Where the model version lives: models/<name>/<version>/.
 MODEL_NAME: Final = "fraud"
@@ -382,8 +392,87 @@ _INPUT_NOTES: Final = {
 }
 
 
+def calibration_check(
+    y: NDArray[np.bool_], score: NDArray[np.float64], threshold: float
+) -> dict[str, Any]:
+    """How far the label-free estimates (expected precision and recall at the threshold, from
+    the scores alone) are from the realized ones on the holdout: the check the stream's
+    CBPE-style estimate rests on (:mod:`stream_scorer.monitoring.perf`)."""
+    flagged = score >= threshold
+    precision, recall = expected_performance(
+        int(flagged.sum()), float(score[flagged].sum()), float(score.sum())
+    )
+    tp = int(np.sum(flagged & y))
+    return {
+        "threshold": threshold,
+        "n": len(score),
+        "expected_precision": None if precision is None else round(precision, 6),
+        "realized_precision": round(tp / max(1, int(flagged.sum())), 6),
+        "expected_recall": None if recall is None else round(recall, 6),
+        "realized_recall": round(tp / max(1, int(y.sum())), 6),
+        "mean_score": round(float(score.mean()), 6),
+        "positive_rate": round(float(y.mean()), 6),
+    }
+
+
+def reference_section(
+    train_cols: dict[str, NDArray[Any]],
+    hold_score: NDArray[np.float64],
+    y_hold: NDArray[np.bool_],
+    threshold: float,
+) -> dict[str, Any]:
+    """The card's ``reference``: frozen bins per input (training events) and for the score
+    (holdout scores, which are what a live window of scores is compared with), and the
+    calibration check on the holdout.
+
+    Args:
+        train_cols: Output of :func:`to_columns` on the training events.
+        hold_score: The ONNX model's scores on the holdout events.
+        y_hold: The holdout labels.
+        threshold: The card's threshold.
+    """
+    section = build_reference(
+        {name: train_cols[name].reshape(-1) for name, _ in FEATURES},
+        {name: "categorical" if kind == "string" else "numeric" for name, kind in FEATURES},
+        hold_score,
+        source=(
+            f"inputs: {N_TRAIN} training events (seed {TRAIN_SEED}); score: {N_HOLDOUT} "
+            f"holdout events (seed {HOLDOUT_SEED})"
+        ),
+    )
+    section["calibration"] = calibration_check(y_hold, hold_score, threshold)
+    return section
+
+
+def reference_only() -> None:
+    """Add (or refresh) the ``reference`` key of the existing model's card; nothing else
+    changes, ``model.onnx`` is only read."""
+    train_events, _ = TransactionGenerator(seed=TRAIN_SEED, fraud_rate=FRAUD_RATE).generate(N_TRAIN)
+    hold_events, y_hold = TransactionGenerator(seed=HOLDOUT_SEED, fraud_rate=FRAUD_RATE).generate(
+        N_HOLDOUT
+    )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    onnx_path = OUT_DIR / "model.onnx"
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    (proba,) = sess.run(["probabilities"], to_columns(hold_events))
+    card_path = OUT_DIR / "model.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("sha256") != sha256_of(onnx_path):
+        msg = f"{onnx_path} does not match its card's sha256: retrain instead"
+        raise RuntimeError(msg)
+    card["reference"] = reference_section(
+        to_columns(train_events), proba[:, 1].astype(np.float64), y_hold, card["threshold"]
+    )
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    print(f"reference written to {card_path}")
+
+
 def main() -> None:
     """Train, export, verify and write the model version directory."""
+    if "--reference-only" in sys.argv[1:]:
+        reference_only()
+        return
     t0 = time.perf_counter()
     train_events, y_train = TransactionGenerator(seed=TRAIN_SEED, fraud_rate=FRAUD_RATE).generate(
         N_TRAIN
@@ -478,6 +567,7 @@ def main() -> None:
         "sha256": sha256_of(onnx_path),
         # Every file the model loads; the scorer refuses any file missing here.
         "files": file_hashes(onnx_path),
+        "reference": reference_section(train_cols, score, y_hold, threshold),
     }
     (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")

@@ -45,6 +45,7 @@ from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, Score
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
 from stream_scorer.model_set import load_model as load_model_folder
+from stream_scorer.monitoring.setup import build_monitor, check_shadows
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.privacy import PayloadCipher, PrivacyPolicy, Pseudonymiser, decode_key
 from stream_scorer.records import BatchResult
@@ -130,12 +131,28 @@ def load_model(settings: Settings, reader: Mapping[str, Any]) -> LoadedModel:
 
 
 def build_models(settings: Settings, reader: Mapping[str, Any]) -> ModelSet:
-    """The model set the service starts with: the configured model as champion.
+    """The model set the service starts with: the configured model as champion, and the
+    ``monitoring.shadows`` and ``monitoring.canary`` (issue 11).
 
     Raises:
         ConfigurationError: The model cannot be loaded, bound or warmed up.
     """
-    return ModelSet(champion=load_model(settings, reader))
+    champion = load_model(settings, reader)
+    model = settings.model
+    shadows = tuple(
+        load_model_folder(path, reader, model.intra_op_threads, model.verify_sha256)
+        for path in settings.monitoring.shadows
+    )
+    monitoring = settings.monitoring
+    canary = (
+        None
+        if monitoring.canary is None
+        else load_model_folder(
+            monitoring.canary, reader, model.intra_op_threads, model.verify_sha256
+        )
+    )
+    check_shadows(champion, shadows if canary is None else (canary, *shadows))
+    return ModelSet(champion, shadows, canary, monitoring.canary_fraction)
 
 
 def event_fields(settings: Settings, card: ModelCard, reader: Mapping[str, Any]) -> EventFields:
@@ -398,6 +415,7 @@ def build_runner(
         dead_letters=DeadLetterWriter(__version__, privacy, cipher),
         scores_topic=settings.topics.scores,
         score_encoder=score_encoder,
+        monitor=build_monitor(settings, registry),
     )
     log.info(
         "connecting",

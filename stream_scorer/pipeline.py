@@ -41,7 +41,9 @@ from stream_scorer.featurize import ModelInputs
 from stream_scorer.flag import flag_scores
 from stream_scorer.materialise import materialise_alerts
 from stream_scorer.metrics import ScorerMetrics
-from stream_scorer.model_set import LiveModels, LoadedModel
+from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
+from stream_scorer.monitoring.canary import split as canary_split
+from stream_scorer.monitoring.monitor import Monitor
 from stream_scorer.records import (
     Batch,
     BatchOutput,
@@ -49,6 +51,7 @@ from stream_scorer.records import (
     DecodedBatch,
     Outgoing,
     Rejected,
+    Scored,
     SourceRecord,
 )
 
@@ -230,6 +233,26 @@ def _shown(output: NDArray[np.float64]) -> str:
     return repr(float(output)) if output.ndim == 0 else repr(output.tolist())
 
 
+def _materialise(
+    decoded: DecodedBatch, model: LoadedModel, decided: ModelDecision, scored_time_ms: int
+) -> tuple[list[Scored], list[Rejected]]:
+    """The alerts of one deciding model's published rows, named by its bands."""
+    policy = decided.policy
+    assert policy is not None and decided.bands is not None  # noqa: S101 - set by score_and_flag
+    published_bands = decided.bands[decided.flagged]
+    return materialise_alerts(
+        decoded,
+        decided.rows[decided.flagged].tolist(),
+        decided.scores[decided.flagged],
+        [policy.bands[b].name for b in published_bands.tolist()],
+        policy.lowers[published_bands].tolist(),
+        model.name,
+        model.version,
+        scored_time_ms,
+        decided.published_classes(),
+    )
+
+
 class Pipeline:
     """Scores micro-batches with the live model set; returns what to publish."""
 
@@ -246,10 +269,14 @@ class Pipeline:
         dead_letters: DeadLetterWriter | None = None,
         scores_topic: str | None = None,
         score_encoder: ScoreEncoder | None = None,
+        monitor: Monitor | None = None,
     ) -> None:
         """Wire the stages together (``dead_letters`` carries the privacy policy and the
         payload cipher; plain dead letters when not given). With ``scores_topic`` and
-        ``score_encoder``, every scored event also gets a score record on that topic."""
+        ``score_encoder``, every scored event also gets a score record on that topic (of the
+        champion's rows). ``monitor`` watches shadows, comparison and drift
+        (:mod:`stream_scorer.monitoring`)."""
+        self._monitor = monitor
         if (scores_topic is None) != (score_encoder is None):
             msg = "a scores topic and a score encoder go together"
             raise ValueError(msg)
@@ -284,28 +311,20 @@ class Pipeline:
         rejected = list(decoded.rejected)
         stage_s["decode"] = time.perf_counter() - tick
 
-        decision = score_and_flag(champion, decoded, stage_s)
-        rejected.extend(decision.rejected)
-        if decision.bisected and self._metrics is not None:
-            self._metrics.model_bisections.inc()
+        deciders = self._decide(models, decoded, stage_s)
+        decision = deciders[0][1]  # the champion's
+        for _, decided in deciders:
+            rejected.extend(decided.rejected)
 
         tick = time.perf_counter()
-        flagged_rows = decision.rows[decision.flagged]
-        policy = decision.policy
-        assert policy is not None and decision.bands is not None  # noqa: S101 - set by score_and_flag
-        published_bands = decision.bands[decision.flagged]
         scored_time_ms = self._clock_ms()
-        alerts, unreadable = materialise_alerts(
-            decoded,
-            flagged_rows.tolist(),
-            decision.scores[decision.flagged],
-            [policy.bands[b].name for b in published_bands.tolist()],
-            policy.lowers[published_bands].tolist(),
-            champion.name,
-            champion.version,
-            scored_time_ms,
-            decision.published_classes(),
-        )
+        alerts: list[Scored] = []
+        unreadable: list[Rejected] = []
+        for model, decided in deciders:
+            model_alerts, model_unreadable = _materialise(decoded, model, decided, scored_time_ms)
+            alerts.extend(model_alerts)
+            unreadable.extend(model_unreadable)
+            result.scored_by[model.label] = len(decided.rows) - len(model_unreadable)
         rejected.extend(unreadable)
         tock = time.perf_counter()
         stage_s["materialise"], tick = tock - tick, tock
@@ -324,20 +343,45 @@ class Pipeline:
             messages.extend(self._score_messages(decoded, decision, dropped, scored_time_ms))
             stage_s["scores"] = time.perf_counter() - tick
 
-        result.scored = len(decision.rows) - len(unreadable)
+        result.scored = sum(len(d.rows) for _, d in deciders) - len(unreadable)
         result.flagged = len(alerts)
-        result.unflagged = decision.unflagged
+        result.unflagged = sum(d.unflagged for _, d in deciders)
         result.dead_lettered = len(rejected)
         result.alerts = alerts
         result.rejected = rejected
-        result.scored_by = {champion.label: result.scored}
         accounted = result.flagged + result.unflagged + result.dead_lettered
         if accounted != result.consumed:  # a bug, never bad input: stop before committing
             msg = f"batch accounting: {result.consumed} consumed but {accounted} accounted for"
             raise AssertionError(msg)
         self._log_rejects(rejected)
         self._observe(result, champion, decision, dropped)
+        # Monitoring hook (issue 11): shadows, comparison, drift on the decoded batch, after
+        # the output is final; it never raises and never changes what is published.
+        if self._monitor is not None:
+            self._monitor.observe(models, decoded, decision, stage_s)
         return BatchOutput(batch, messages, result)
+
+    def _decide(
+        self, models: ModelSet, decoded: DecodedBatch, stage_s: dict[str, float]
+    ) -> list[tuple[LoadedModel, ModelDecision]]:
+        """The models that decide this batch and what each decided, champion first.
+
+        Canary hook (issue 11): the canary decides the events whose key hashes into its
+        share; the champion the rest.
+        """
+        champion = models.champion
+        decision = score_and_flag(champion, decoded, stage_s)
+        if decision.bisected and self._metrics is not None:
+            self._metrics.model_bisections.inc()
+        if models.canary is None or models.canary_fraction <= 0:
+            return [(champion, decision)]
+        decision, canary_decision = canary_split(
+            decision,
+            score_and_flag(models.canary, decoded, stage_s),
+            decoded.records,
+            models.canary_fraction,
+        )
+        return [(champion, decision), (models.canary, canary_decision)]
 
     def _score_messages(
         self,

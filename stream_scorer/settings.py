@@ -66,6 +66,7 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "ModelSettings",
+    "MonitoringSettings",
     "PrivacySettings",
     "SchemaSettings",
     "Settings",
@@ -504,6 +505,62 @@ class TracingSettings(_Section):
     """The ``service.name`` resource attribute of the spans."""
 
 
+class MonitoringSettings(_Section):
+    """Drift windows and thresholds, shadow models and their time budget (issue 11)."""
+
+    drift: bool = True
+    """Watch drift per input and of the score against the model card's ``reference`` (a card
+    without one is not watched)."""
+    window_events: int = Field(default=50_000, ge=0)
+    """A drift window closes once it holds this many events (0: no count limit)."""
+    window_seconds: float = Field(default=300.0, ge=0)
+    """A drift window closes once this many seconds have passed (0: no time limit) ..."""
+    min_window_events: int = Field(default=1000, ge=1)
+    """... provided it holds at least this many events."""
+    thresholds: Literal["fixed", "learned"] = "fixed"
+    """``fixed``: ``psi_warn``/``psi_alert``; ``learned``: mean + ``sigmas`` standard deviations
+    of the PSI over the card's reference chunks, scaled to the window's size."""
+    psi_warn: float = Field(default=0.1, gt=0)
+    """Fixed thresholds: PSI at which an input is listed as worth watching."""
+    psi_alert: float = Field(default=0.25, gt=0)
+    """Fixed thresholds: PSI at which an input's drift alarms (one warning per window)."""
+    sigmas: float = Field(default=3.0, gt=0)
+    """Learned thresholds: standard deviations above the mean reference chunk PSI."""
+    drift_max_share: float = Field(default=0.05, gt=0, le=1)
+    """Most drift time as a share of the pipeline's time: past it whole batches are left out
+    of the windows (counted in ``stream_scorer_drift_records_skipped_total``); 1 counts all."""
+    shadows: tuple[Path, ...] = ()
+    """Model folders scored as shadows on every batch (never published), compared with the
+    champion."""
+    canary: Path | None = None
+    """Model folder of the canary: it decides (and publishes, labelled with its version) the
+    events whose key hashes into ``canary_fraction``; the champion the rest."""
+    canary_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of events (by key hash, sticky per key) the canary decides."""
+    shadow_max_ratio: float = Field(default=2.0, gt=0)
+    """A shadow batch is over budget above this multiple of the champion's featurize + score
+    time ..."""
+    shadow_min_budget_ms: float = Field(default=5.0, ge=0)
+    """... and above this many milliseconds."""
+    shadow_strikes: int = Field(default=3, ge=1)
+    """Consecutive batches over budget before a shadow is dropped (with a warning)."""
+    disagreements_per_minute: int = Field(default=10, ge=0)
+    """Most ``model_disagreement`` log lines (the largest score differences) per minute."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.window_events == 0 and self.window_seconds == 0:
+            msg = "monitoring.window_events and monitoring.window_seconds cannot both be 0"
+            raise ValueError(msg)
+        if (self.canary is None) != (self.canary_fraction == 0):
+            msg = "monitoring.canary and monitoring.canary_fraction > 0 go together"
+            raise ValueError(msg)
+        if self.psi_warn > self.psi_alert:
+            msg = "monitoring.psi_warn must not exceed monitoring.psi_alert"
+            raise ValueError(msg)
+        return self
+
+
 class LogSettings(_Section):
     """structlog output."""
 
@@ -550,6 +607,8 @@ class Settings(BaseSettings):
     """Prometheus endpoint."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry spans per batch."""
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    """Drift, shadow models and their comparison."""
     log: LogSettings = Field(default_factory=LogSettings)
     """Logging."""
 

@@ -1,0 +1,153 @@
+"""The one object the pipeline calls per batch, after the champion's decision.
+
+:meth:`Monitor.observe` scores the set's shadows on the champion's decoded batch (decode is
+shared), compares each with the champion, and counts the champion's and shadows' batches into
+their drift windows. Nothing it does reaches what is published: a failure inside monitoring is
+logged and counted (``stream_scorer_monitoring_errors_total``) and the batch goes on.
+
+Drift has a cost cap: it counts a batch only while its time so far is at most
+``drift_max_share`` of the pipeline's own time so far (decode to encode); past that, whole
+batches are skipped (``stream_scorer_drift_records_skipped_total``) until it is back within
+its share. Which batches are skipped depends on timing, never on their content, so the
+windows remain unbiased samples of the stream; ``drift_max_share = 1`` counts every batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+
+from stream_scorer.monitoring.compare import ComparisonMetrics, Comparisons
+from stream_scorer.monitoring.drift import DriftConfig, DriftMetrics, DriftMonitor
+from stream_scorer.monitoring.shadow import ShadowBudget, ShadowMetrics, ShadowRunner
+from stream_scorer.records import DecodedBatch
+
+if TYPE_CHECKING:  # the pipeline imports this package: no import cycle at run time
+    from stream_scorer.model_set import LoadedModel, ModelSet
+    from stream_scorer.pipeline import ModelDecision
+
+__all__ = ["Monitor"]
+
+log = structlog.get_logger(__name__)
+
+
+class Monitor:
+    """Shadows, comparison and drift for each batch of the live model set."""
+
+    def __init__(
+        self,
+        score: Callable[[LoadedModel, DecodedBatch], ModelDecision],
+        registry: CollectorRegistry | None = None,
+        drift: DriftConfig | None = None,
+        budget: ShadowBudget | None = None,
+        disagreements_per_minute: int = 10,
+        drift_enabled: bool = True,
+        drift_max_share: float = 0.05,
+    ) -> None:
+        """Monitor with the pipeline's scoring policy ``score``; metrics go to ``registry``.
+
+        Args:
+            score: ``score_and_flag`` (injected: the pipeline imports this module).
+            registry: Prometheus registry (the service's; None: no metrics).
+            drift: Window and threshold settings.
+            budget: The shadows' time budget.
+            disagreements_per_minute: Most ``model_disagreement`` log lines a minute.
+            drift_enabled: Count drift windows at all.
+            drift_max_share: Most drift time as a share of the pipeline's time (1: no cap).
+        """
+        self.drift = (
+            DriftMonitor(drift, None if registry is None else DriftMetrics(registry))
+            if drift_enabled
+            else None
+        )
+        self.shadows = ShadowRunner(
+            score, budget, None if registry is None else ShadowMetrics(registry)
+        )
+        self.comparisons = Comparisons(
+            None if registry is None else ComparisonMetrics(registry), disagreements_per_minute
+        )
+        self._errors = (
+            None
+            if registry is None
+            else Counter(
+                "stream_scorer_monitoring_errors",
+                "Batches on which monitoring failed (the batch itself was published).",
+                registry=registry,
+            )
+        )
+        self._skipped = (
+            None
+            if registry is None
+            else Counter(
+                "stream_scorer_drift_records_skipped",
+                "Events not counted into drift windows, to keep drift within its time share.",
+                registry=registry,
+            )
+        )
+        self._set: ModelSet | None = None
+        self._drift_max_share = drift_max_share
+        self._drift_s = 0.0
+        self._pipeline_s = 0.0
+        #: Events drift counted and skipped since start.
+        self.drift_counted = 0
+        self.drift_skipped = 0
+
+    def observe(
+        self,
+        models: ModelSet,
+        decoded: DecodedBatch,
+        decision: ModelDecision,
+        stage_s: Mapping[str, float],
+    ) -> None:
+        """Monitor one batch the champion of ``models`` decided; never raises."""
+        try:
+            self._observe(models, decoded, decision, stage_s)
+        except Exception:  # monitoring must never stop what is published
+            log.exception("monitoring_failed", models=models.describe())
+            if self._errors is not None:
+                self._errors.inc()
+
+    def _observe(
+        self,
+        models: ModelSet,
+        decoded: DecodedBatch,
+        decision: ModelDecision,
+        stage_s: Mapping[str, float],
+    ) -> None:
+        if models is not self._set:
+            self._new_set(models)
+        champion = models.champion
+        champion_s = stage_s.get("featurize", 0.0) + stage_s.get("score", 0.0)
+        self._pipeline_s += sum(stage_s.values())
+        drifts = [(champion, decision)]
+        for shadow in models.shadows:
+            shadow_decision = self.shadows.run(shadow, decoded, champion_s)
+            if shadow_decision is None:
+                continue
+            self.comparisons.observe(champion, decision, shadow, shadow_decision, decoded)
+            drifts.append((shadow, shadow_decision))
+        if self.drift is None:
+            return
+        if self._drift_s > self._drift_max_share * self._pipeline_s:
+            self.drift_skipped += len(decoded.records)
+            if self._skipped is not None:
+                self._skipped.inc(len(decoded.records))
+            return
+        tick = time.perf_counter()
+        for model, model_decision in drifts:
+            self.drift.observe(model, decoded, model_decision)
+        self._drift_s += time.perf_counter() - tick
+        self.drift_counted += len(decoded.records)
+
+    def _new_set(self, models: ModelSet) -> None:
+        # A replaced set: forget the models that left it (bounded state and label sets).
+        self._set = models
+        if self.drift is not None:
+            self.drift.retain(models)
+        self.shadows.retain(models.shadows)
+        self.comparisons.retain({(models.champion.label, s.label) for s in models.shadows})
+        log.info("monitoring_models", **models.describe())
