@@ -22,6 +22,7 @@ Everything is seeded: two runs print the same metrics.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -49,10 +50,15 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from stream_scorer.devtools.generate import TransactionGenerator  # noqa: E402
 
-# Where the model version lives: models/<name>/<version>/.
+# Where the model version lives: models/<name>/<version>/ (``--version`` picks another).
 MODEL_NAME: Final = "fraud"
 MODEL_VERSION: Final = "1"
 OUT_DIR: Final = REPO_ROOT / "models" / MODEL_NAME / MODEL_VERSION
+
+# Seed of the golden set's generator (``--golden N``): apart from train and holdout draws.
+GOLDEN_SEED: Final = 20260303
+# Tolerance on a golden score when ``models validate`` reproduces it (float32 graph).
+GOLDEN_TOLERANCE: Final = 1e-5
 
 # Seeds of the two independent generators; different so the holdout shares no draws.
 TRAIN_SEED: Final = 20260101
@@ -153,8 +159,11 @@ def to_matrix(cols: dict[str, NDArray[Any]]) -> NDArray[np.object_]:
     return np.hstack([cols[name].astype(object) for name, _ in FEATURES])
 
 
-def build_pipeline() -> Pipeline:
+def build_pipeline(hyperparameters: dict[str, Any] = HYPERPARAMETERS) -> Pipeline:
     """Build the unfitted preprocessing + gradient boosting pipeline.
+
+    Args:
+        hyperparameters: Of the ``GradientBoostingClassifier``.
 
     Returns:
         The pipeline; column indices follow :data:`FEATURES`.
@@ -172,14 +181,15 @@ def build_pipeline() -> Pipeline:
         ],
         sparse_threshold=0.0,
     )
-    return Pipeline([("pre", pre), ("gbdt", GradientBoostingClassifier(**HYPERPARAMETERS))])
+    return Pipeline([("pre", pre), ("gbdt", GradientBoostingClassifier(**hyperparameters))])
 
 
-def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
+def export_onnx(pipe: Pipeline, version: str = MODEL_VERSION) -> onnx.ModelProto:
     """Convert the fitted pipeline: one ``[None, 1]`` input per field, ZipMap off.
 
     Args:
         pipe: The fitted pipeline.
+        version: The model version, in the graph's name.
 
     Returns:
         The ONNX model.
@@ -190,7 +200,7 @@ def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
     ]
     model = convert_sklearn(
         pipe,
-        name=f"{MODEL_NAME}-{MODEL_VERSION}",
+        name=f"{MODEL_NAME}-{version}",
         initial_types=initial_types,
         options={id(pipe.named_steps["gbdt"]): {"zipmap": False}},
         target_opset={"": TARGET_OPSET, "ai.onnx.ml": 3},
@@ -366,8 +376,50 @@ _INPUT_NOTES: Final = {
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: which version to write, with how many trees, with a golden set.
+
+    The defaults rebuild ``models/fraud/1`` exactly as shipped.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--version", default=MODEL_VERSION, help="model version folder")
+    parser.add_argument(
+        "--trees", type=int, default=HYPERPARAMETERS["n_estimators"], help="boosting rounds"
+    )
+    parser.add_argument(
+        "--golden", type=int, default=0, help="rows of golden set written into the card"
+    )
+    return parser.parse_args(argv)
+
+
+def golden_set(pipe_session: ort.InferenceSession, n: int) -> dict[str, Any]:
+    """Inputs and their expected scores, for ``models validate`` to reproduce.
+
+    Args:
+        pipe_session: The exported model's session.
+        n: Rows to draw (from their own generator seed).
+
+    Returns:
+        The card's ``golden_set`` object: inputs by field, expected scores, tolerance.
+    """
+    events, _ = TransactionGenerator(seed=GOLDEN_SEED, fraud_rate=0.2).generate(n)
+    cols = to_columns(events)
+    _, proba = pipe_session.run(["label", "probabilities"], cols)
+    rows = [{name: events[i][name] for name, _ in FEATURES} for i in range(n)]
+    return {
+        "seed": GOLDEN_SEED,
+        "tolerance": GOLDEN_TOLERANCE,
+        "inputs": rows,
+        "expected_scores": [float(f"{p:.9g}") for p in proba[:, 1]],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
     """Train, export, verify and write the model version directory."""
+    args = parse_args(argv)
+    version = str(args.version)
+    out_dir = REPO_ROOT / "models" / MODEL_NAME / version
+    hyperparameters = {**HYPERPARAMETERS, "n_estimators": args.trees}
     t0 = time.perf_counter()
     train_events, y_train = TransactionGenerator(seed=TRAIN_SEED, fraud_rate=FRAUD_RATE).generate(
         N_TRAIN
@@ -383,15 +435,15 @@ def main() -> None:
     )
 
     t1 = time.perf_counter()
-    pipe = build_pipeline()
+    pipe = build_pipeline(hyperparameters)
     pipe.fit(to_matrix(train_cols), y_train)
     print(f"fit: {time.perf_counter() - t1:.1f}s")
 
     sk_proba = pipe.predict_proba(to_matrix(hold_cols))[:, 1]
 
-    model = export_onnx(pipe)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    onnx_path = OUT_DIR / "model.onnx"
+    model = export_onnx(pipe, version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
     onnx_path.write_bytes(model.SerializeToString())
 
     so = ort.SessionOptions()
@@ -417,7 +469,7 @@ def main() -> None:
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     card: dict[str, Any] = {
         "name": MODEL_NAME,
-        "version": MODEL_VERSION,
+        "version": version,
         "description": (
             "Card-fraud probability for one authorisation: scikit-learn preprocessing "
             "(one-hot, imputation) and gradient-boosted trees in one ONNX graph, trained on "
@@ -446,7 +498,7 @@ def main() -> None:
             "n_holdout": N_HOLDOUT,
             "fraud_rate": FRAUD_RATE,
             "estimator": "sklearn.ensemble.GradientBoostingClassifier",
-            "hyperparameters": HYPERPARAMETERS,
+            "hyperparameters": hyperparameters,
             "threshold_rule": (
                 f"lowest holdout score with precision >= {TARGET_PRECISION} (maximum recall at "
                 f"that precision), rounded down to {THRESHOLD_DECIMALS} decimals"
@@ -461,9 +513,11 @@ def main() -> None:
         },
         "sha256": sha256_of(onnx_path),
     }
-    (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    if args.golden:
+        card["golden_set"] = golden_set(sess, args.golden)
+    (out_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")
-    write_model_card(card, ml_opset, OUT_DIR / "MODEL_CARD.md")
+    write_model_card(card, ml_opset, out_dir / "MODEL_CARD.md")
 
     print(f"labels agree with sklearn: {np.array_equal(label, pipe.predict(to_matrix(hold_cols)))}")
     print(f"outputs: {[(o.name, o.shape, o.type) for o in sess.get_outputs()]}")
