@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=None, help="most dead letters to replay"
     )
 
+    from stream_scorer.lifecycle.commands import add_models_parser  # noqa: PLC0415 - lifecycle
+
+    add_models_parser(sub, _add_config)
+
     demo = sub.add_parser("demo", help="run producer, broker and scorer on this machine")
     demo.add_argument("--config", type=Path)
     demo.add_argument("--duration", type=float, default=None, help="seconds, then stop")
@@ -183,6 +187,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     configure_logging(settings.log.level, settings.log.format)
     if command in {"check", "config"}:
         return _check(settings)
+    if command == "models":
+        from stream_scorer.lifecycle.commands import run_models  # noqa: PLC0415
+
+        return run_models(args, settings, sys.stdout)
     if command == "run":
         from stream_scorer.app import build_runner  # noqa: PLC0415
 

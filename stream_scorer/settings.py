@@ -42,6 +42,7 @@ __all__ = [
     "BatchSettings",
     "DeliverySettings",
     "KafkaSettings",
+    "LifecycleSettings",
     "LogSettings",
     "MetricsSettings",
     "ModelSettings",
@@ -269,6 +270,40 @@ class ModelSettings(_Section):
     """Refuse a model file whose sha256 differs from the model card's."""
 
 
+class LifecycleSettings(_Section):
+    """Model repository, aliases, validation gates and live promotion (``models ...``)."""
+
+    repository: Path = Path("models")
+    """Folder of ``<name>/<version>/`` model folders."""
+    state_dir: Path | None = None
+    """Where aliases, validation results and the history are kept; default
+    ``<repository>/.lifecycle``."""
+    watch: Literal["off", "file"] = "off"
+    """``file``: the service follows ``alias`` of its model in ``state_dir`` and swaps the live
+    model between batches when it moves (single instance or a shared volume); ``off``: serve
+    ``model.path`` only."""
+    alias: str = Field(default="champion", min_length=1)
+    """The alias the service serves and ``models promote`` moves by default."""
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the watcher reads the aliases."""
+    instance_id: str | None = None
+    """Name of this instance in the history; defaults to ``<hostname>-<pid>``."""
+    validation_events: int = Field(default=20_000, ge=100, le=10_000_000)
+    """Labelled synthetic events ``models validate`` scores when ``--data`` is not given."""
+    validation_seed: int = 20260404
+    """Seed of those events (apart from the training and holdout seeds)."""
+    label_field: str = "is_fraud"
+    """Field holding the label in a ``--data`` file."""
+    metric_margin_abs: float = Field(default=0.01, ge=0, le=1)
+    """A metric may be this much (absolute) below its floor or the champion's."""
+    metric_margin_rel: float = Field(default=0.05, ge=0, le=1)
+    """...or this share of the champion's value below it; the larger allowance wins."""
+    batch_p99_budget_ms: float = Field(default=50.0, gt=0)
+    """p99 time of scoring one batch of ``batch.max_size`` rows."""
+    alert_rate_ratio: float = Field(default=2.0, ge=1)
+    """The alert rate must be within this factor (either way) of the champion's."""
+
+
 class BatchSettings(_Section):
     """Micro-batch shape: what has arrived, up to ``max_size``; under load, full batches."""
 
@@ -471,6 +506,8 @@ class Settings(BaseSettings):
     """Prometheus endpoint."""
     log: LogSettings = Field(default_factory=LogSettings)
     """Logging."""
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    """Model repository, validation gates, live promotion."""
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,62 @@
+"""What ``app.build_runner`` calls: start following the alias when ``lifecycle.watch`` is on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from stream_scorer.lifecycle.repository import ModelRepository, default_instance_id
+from stream_scorer.lifecycle.watcher import PromotionWatcher
+from stream_scorer.model_set import LiveModels, LoadedModel, load_model
+from stream_scorer.settings import Settings
+
+__all__ = ["repository", "start_watcher"]
+
+
+def repository(settings: Settings) -> ModelRepository:
+    """The repository the settings name."""
+    return ModelRepository(settings.lifecycle.repository, settings.lifecycle.state_dir)
+
+
+def start_watcher(
+    settings: Settings,
+    live: LiveModels,
+    reader: Mapping[str, Any],
+    registry: CollectorRegistry,
+    stop: threading.Event,
+) -> PromotionWatcher | None:
+    """Follow the configured alias of the live model; None when ``lifecycle.watch`` is off.
+
+    The alias is applied once before this returns, so a member started after a promotion
+    scores its first batch with the promoted version; later moves are picked up by a thread.
+
+    Raises:
+        ConfigurationError: The alias names a version that cannot be found.
+    """
+    lifecycle = settings.lifecycle
+    if lifecycle.watch == "off":
+        return None
+    model = settings.model
+
+    def load(path: Path) -> LoadedModel:
+        # The version's own card threshold: model.threshold overrides only model.path's model.
+        return load_model(path, reader, model.intra_op_threads, model.verify_sha256)
+
+    watcher = PromotionWatcher(
+        repository(settings),
+        live.current.champion.name,
+        lifecycle.alias,
+        live,
+        load,
+        lifecycle.instance_id or default_instance_id(),
+        lifecycle.poll_interval_s,
+        registry,
+        stop,
+    )
+    watcher.check_once()
+    watcher.start()
+    return watcher
