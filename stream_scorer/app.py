@@ -39,6 +39,7 @@ from stream_scorer.delivery.publish import (
 )
 from stream_scorer.encode import AlertEncoder, EventFields
 from stream_scorer.errors import ConfigurationError, FatalError
+from stream_scorer.lifecycle.service import start_watcher
 from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
@@ -317,6 +318,10 @@ def build_runner(
         metrics.set_model(card.name, card.version, card.sha256 or "", card.input_layout)
 
     live = LiveModels(models, on_replace)
+    # lifecycle.watch: follow the model's alias, swapping between batches (one stop event ends
+    # the watcher with the runner).
+    stop = stop if stop is not None else threading.Event()
+    start_watcher(settings, live, reader, registry, stop)
     pipeline = Pipeline(
         decoder,
         live,
