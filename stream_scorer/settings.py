@@ -302,6 +302,19 @@ class LifecycleSettings(_Section):
     """p99 time of scoring one batch of ``batch.max_size`` rows."""
     alert_rate_ratio: float = Field(default=2.0, ge=1)
     """The alert rate must be within this factor (either way) of the champion's."""
+    auto_rollback: bool = True
+    """Roll a promotion back unattended when, within ``watch_period_s``, the new version
+    breaks one of the bounds below relative to the version it replaced."""
+    watch_period_s: float = Field(default=300.0, gt=0)
+    """How long after a swap its rules are watched."""
+    rollback_min_events: int = Field(default=2000, ge=1)
+    """Events the new version must have scored before its alert rate is judged."""
+    rollback_alert_rate_ratio: float = Field(default=3.0, gt=1)
+    """Roll back when the alert rate exceeds the previous version's by this factor."""
+    rollback_latency_ratio: float = Field(default=3.0, gt=1)
+    """Roll back when the mean time of the score stage exceeds the previous one's by this."""
+    rollback_max_bisections: int = Field(default=0, ge=0)
+    """Roll back when more batches than this had to be bisected (a failing model run)."""
 
 
 class BatchSettings(_Section):

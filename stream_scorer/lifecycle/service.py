@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from stream_scorer.lifecycle.repository import ModelRepository, default_instance_id
-from stream_scorer.lifecycle.watcher import PromotionWatcher
+from stream_scorer.lifecycle.watcher import PromotionWatcher, RollbackRules
 from stream_scorer.model_set import LiveModels, LoadedModel, load_model
 from stream_scorer.settings import Settings
 
@@ -46,6 +46,17 @@ def start_watcher(
         # The version's own card threshold: model.threshold overrides only model.path's model.
         return load_model(path, reader, model.intra_op_threads, model.verify_sha256)
 
+    rules = (
+        RollbackRules(
+            lifecycle.watch_period_s,
+            lifecycle.rollback_min_events,
+            lifecycle.rollback_alert_rate_ratio,
+            lifecycle.rollback_latency_ratio,
+            lifecycle.rollback_max_bisections,
+        )
+        if lifecycle.auto_rollback
+        else None
+    )
     watcher = PromotionWatcher(
         repository(settings),
         live.current.champion.name,
@@ -56,6 +67,7 @@ def start_watcher(
         lifecycle.poll_interval_s,
         registry,
         stop,
+        rules,
     )
     watcher.check_once()
     watcher.start()

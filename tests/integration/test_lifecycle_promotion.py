@@ -259,3 +259,57 @@ def test_three_members_switch_and_a_late_member_starts_promoted(
     finally:
         for member in [*members, *([late] if late else [])]:
             member.close()
+
+
+def test_ten_times_the_alert_rate_rolls_back_unattended(
+    kafka_bootstrap: str, make_topic: Any, tmp_path: Path
+) -> None:
+    """fraud/5 (fraud/1 at a threshold flagging 10x as much) is rolled back by its rule."""
+    events = make_events(25_000, seed=103)
+    scores, threshold = offline("1", events)
+    values = sorted(scores.values())
+    champion_rate = sum(s >= threshold for s in values) / len(values)
+    # The threshold at which the same graph flags ten times the champion's share.
+    regression_threshold = values[int(len(values) * (1 - 10 * champion_rate))]
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models/fraud/1", models / "fraud/1")
+    shutil.copytree(REPO / "models/fraud/1", models / "fraud/5")
+    card_file = models / "fraud/5/model.json"
+    card = json.loads(card_file.read_text())
+    card.update(version="5", threshold=regression_threshold)
+    card_file.write_text(json.dumps(card))
+    repo = ModelRepository(models, tmp_path / "state")
+    promote(repo, "fraud", "1", by="test", force=True)
+    topics = stream_topics(make_topic)
+    config = lifecycle_config(kafka_bootstrap, topics, tmp_path / "state", models)
+    config["lifecycle"].update(rollback_min_events=2000, rollback_alert_rate_ratio=3.0)
+    scorer = ScorerProcess(tmp_path, config)
+    try:
+        scorer.wait_assigned()
+        producer = PacedProducer(kafka_bootstrap, topics["input"], encode_events(events), RATE)
+        wait_until(lambda: producer.produced >= 5_000, 60, "5,000 events produced")
+        promote(repo, "fraud", "5", by="test", reason="injected regression", force=True)
+
+        def rolled_back() -> bool:
+            assert scorer.alive(), scorer.tail()
+            return any(e.action == "auto-rollback" for e in repo.history("fraud"))
+
+        wait_until(rolled_back, 60, "the alert-rate rule to roll fraud/5 back")
+        producer.join()
+        wait_consumed(kafka_bootstrap, config, topics["input"], scorer)
+        assert model_info(scorer) == "1"
+        scorer.terminate()
+        assert scorer.wait() == 0
+    finally:
+        scorer.close()
+    auto = next(e for e in repo.history("fraud") if e.action == "auto-rollback")
+    assert (auto.version, auto.previous, auto.by) == ("1", "5", "rule:alert-rate")
+    assert repo.aliases("fraud") == {"champion": "1"}
+    applied = [(e.version, e.previous) for e in repo.history("fraud") if e.action == "applied"]
+    assert applied == [("5", "1"), ("1", "5")]
+    alerts = [decode_alert(m) for m in read_topic(kafka_bootstrap, topics["alerts"])]
+    assert {a["model_version"] for a in alerts} == {"1", "5"}
+    for alert in alerts:
+        assert abs(alert["score"] - scores[alert["event_id"]]) <= SCORE_TOLERANCE
+        expected = threshold if alert["model_version"] == "1" else regression_threshold
+        assert alert["threshold"] == pytest.approx(expected)

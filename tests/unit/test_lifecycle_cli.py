@@ -49,6 +49,7 @@ level = "error"
 repository = "{tmp_path / "models"}"
 state_dir = "{tmp_path / "state"}"
 validation_events = 4000
+batch_p99_budget_ms = 60000
 """,
         encoding="utf-8",
     )

@@ -6,12 +6,14 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from stream_scorer.app import load_schema
 from stream_scorer.lifecycle import ModelRepository, promote
-from stream_scorer.lifecycle.watcher import PromotionWatcher
+from stream_scorer.lifecycle.watcher import PromotionWatcher, RollbackRules
+from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +97,61 @@ def test_thread_picks_up_a_promotion(tmp_path: Path) -> None:
         watcher.stop()
     assert watcher._thread is not None
     assert not watcher._thread.is_alive()
+
+
+def watched(
+    tmp_path: Path, **rules: Any
+) -> tuple[ModelRepository, LiveModels, PromotionWatcher, ScorerMetrics]:
+    """fraud/1 serving as champion, fraud/2 promoted and applied, rules on the service metrics."""
+    repo, live, _, _ = setup(tmp_path)
+    registry = CollectorRegistry()
+    metrics = ScorerMetrics(registry)
+    watcher = PromotionWatcher(
+        repo, "fraud", "champion", live, load, "test-3", 0.02, registry,
+        rules=RollbackRules(**rules),
+    )  # fmt: skip
+    promote(repo, "fraud", "1", force=True)
+    promote(repo, "fraud", "2", force=True)
+    assert watcher.check_once() is True
+    return repo, live, watcher, metrics
+
+
+def test_a_bisected_batch_rolls_back(tmp_path: Path) -> None:
+    """A failing model run after the swap moves the alias back, and the watcher follows it."""
+    repo, live, watcher, metrics = watched(tmp_path, max_bisections=0)
+    assert watcher.check_rules() is False
+    metrics.model_bisections.inc()
+    assert watcher.check_rules() is True
+    auto = repo.history("fraud")[-1]
+    assert (auto.action, auto.version, auto.previous, auto.by) == (
+        "auto-rollback", "1", "2", "rule:bisections",
+    )  # fmt: skip
+    assert watcher.check_once() is True
+    assert live.current.champion.version == "1"
+
+
+def test_slower_scoring_rolls_back(tmp_path: Path) -> None:
+    """A score stage 100x slower than before the swap breaks the latency rule."""
+    repo, _, watcher, metrics = watched(tmp_path, min_events=10, latency_ratio=3.0)
+    # The baseline is read at the swap: serve 1 for ten 1 ms batches, then swap to 2 again.
+    score = metrics.stage_duration.labels(stage="score")
+    for _ in range(10):
+        score.observe(0.001)
+    promote(repo, "fraud", "1", force=True)
+    assert watcher.check_once() is True  # back on 1: the watch on 2 ends
+    promote(repo, "fraud", "2", force=True)
+    assert watcher.check_once() is True  # on 2 again, with a baseline of 1 ms batches
+    for _ in range(10):
+        score.observe(0.1)
+    metrics.records_scored.labels(model_name="fraud", model_version="2").inc(100)
+    assert watcher.check_rules() is True
+    assert repo.history("fraud")[-1].by == "rule:latency"
+
+
+def test_rules_never_undo_a_newer_promotion(tmp_path: Path) -> None:
+    """Once the alias moved on, a rule firing for the old swap changes nothing."""
+    repo, _, watcher, metrics = watched(tmp_path, max_bisections=0)
+    promote(repo, "fraud", "1", force=True)  # an operator moved on before the rule ran
+    metrics.model_bisections.inc()
+    assert watcher.check_rules() is False
+    assert not [e for e in repo.history("fraud") if e.action == "auto-rollback"]
