@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.lifecycle.repository import (
@@ -123,6 +123,14 @@ class PromotionWatcher:
         )
         for outcome in ("applied", "failed"):
             self.promotions.labels(name, outcome)
+        # stream_scorer_model_info says which version serves; this says since when.
+        self.live_since = Gauge(
+            "stream_scorer_model_live_since_timestamp_seconds",
+            "Unix time the version now serving started serving on this instance.",
+            ["model_name", "model_version"],
+            registry=registry,
+        )
+        self.live_since.labels(name, live.current.champion.version).set_to_current_time()
 
     def check_once(self) -> bool:
         """Apply the alias if it moved; True when the live set was replaced."""
@@ -152,6 +160,8 @@ class PromotionWatcher:
                 self._counters(target).bisections,
             )  # fmt: skip
         self.live.replace(ModelSet(champion=model))
+        self.live_since.clear()
+        self.live_since.labels(self.name, target).set_to_current_time()
         self.promotions.labels(self.name, "applied").inc()
         log.info("model_applied", model=self.name, version=target, previous=live)
         self.repo.record(

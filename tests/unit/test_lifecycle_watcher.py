@@ -59,6 +59,11 @@ def test_moved_alias_is_applied_and_recorded(tmp_path: Path) -> None:
     assert applied.instance == "test-1"
     labels = {"model_name": "fraud", "outcome": "applied"}
     assert registry.get_sample_value("stream_scorer_model_promotions_total", labels) == 1
+    since = "stream_scorer_model_live_since_timestamp_seconds"
+    assert registry.get_sample_value(since, {"model_name": "fraud", "model_version": "1"}) is None
+    live_since = registry.get_sample_value(since, {"model_name": "fraud", "model_version": "2"})
+    assert live_since is not None
+    assert abs(live_since - time.time()) < 60
 
 
 def test_broken_version_is_refused_and_the_old_one_serves(tmp_path: Path) -> None:
