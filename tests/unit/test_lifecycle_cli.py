@@ -148,7 +148,7 @@ def test_card_renders_markdown_from_the_json(
     assert "| `distance_from_home_km` | `distance_from_home_km` | float32 | nan |" in text
     assert "64 inputs with expected scores" in text
     assert card["sha256"] in text
-    assert "## Ethical considerations\n\n_Not stated in the card._" in text
+    assert "## Ethical considerations\n\n- Country and home country are inputs" in text
     out = tmp_path / "card.md"
     assert models(config, "card", "fraud/2", "-o", str(out)) == 0
     assert out.read_text() == text
@@ -158,3 +158,33 @@ def test_unknown_version_exits_2(config: Path, capsys: pytest.CaptureFixture[str
     """Naming a version that does not exist is a clear error, exit 2."""
     assert models(config, "show", "fraud/7") == 2
     assert "fraud/7 not found" in capsys.readouterr().err
+
+
+def test_shipped_card_view_is_the_rendered_card() -> None:
+    """fraud/2's MODEL_CARD.md is exactly what `models card` renders from its model.json."""
+    from stream_scorer.lifecycle.card import render_card  # noqa: PLC0415
+    from stream_scorer.model_card import ModelCard  # noqa: PLC0415
+
+    folder = REPO_ROOT / "models/fraud/2"
+    assert (folder / "MODEL_CARD.md").read_text() == render_card(ModelCard.load(folder))
+    text = render_card(ModelCard.load(folder))
+    assert "### By channel" in text
+    assert "### By country" in text
+    # fraud/1 predates those fields: the view says so instead of leaving sections out.
+    old = render_card(ModelCard.load(REPO_ROOT / "models/fraud/1"))
+    assert "## Ethical considerations\n\n_Not stated in the card._" in old
+
+
+@pytest.mark.slow
+def test_demo_promotes_live(config: Path) -> None:
+    """`demo --promote-after 2` swaps fraud/2 in while it streams, and shows the history."""
+    import io  # noqa: PLC0415
+
+    from stream_scorer.devtools.demo import run_demo  # noqa: PLC0415
+
+    out = io.StringIO()
+    assert run_demo(10.0, None, 500.0, None, out, promote_after_s=2.0) == 0
+    text = out.getvalue()
+    assert "Promoted fraud/2 to champion" in text
+    assert "history: applied fraud/2 by instance:" in text
+    assert "model=fraud/2" in text.splitlines()[-2]
