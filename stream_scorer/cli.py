@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         help="use this real cluster instead of the embedded mock cluster",
     )  # fmt: skip
     demo.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
+    demo.add_argument("--promote-after", type=float, default=None, metavar="S",
+                      help="promote fraud/2 live after S seconds (model lifecycle)")  # fmt: skip
     return parser
 
 
@@ -172,7 +174,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from stream_scorer.devtools.demo import run_demo  # noqa: PLC0415 - keep CLI start-up light
 
         configure_logging("error", "auto", cache=False)
-        return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout)
+        return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout,
+                        args.promote_after)  # fmt: skip
     if command == "top":
         from stream_scorer.top import run_top  # noqa: PLC0415
 
