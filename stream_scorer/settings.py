@@ -278,10 +278,14 @@ class LifecycleSettings(_Section):
     state_dir: Path | None = None
     """Where aliases, validation results and the history are kept; default
     ``<repository>/.lifecycle``."""
-    watch: Literal["off", "file"] = "off"
+    watch: Literal["off", "file", "kafka"] = "off"
     """``file``: the service follows ``alias`` of its model in ``state_dir`` and swaps the live
-    model between batches when it moves (single instance or a shared volume); ``off``: serve
+    model between batches when it moves (single instance or a shared volume); ``kafka``: the
+    same, with alias changes carried to every member by ``control_topic``; ``off``: serve
     ``model.path`` only."""
+    control_topic: str = Field(default="stream-scorer-models", min_length=1)
+    """Compacted topic keyed by model name holding the aliases (``watch = "kafka"``); created
+    on first use."""
     alias: str = Field(default="champion", min_length=1)
     """The alias the service serves and ``models promote`` moves by default."""
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)

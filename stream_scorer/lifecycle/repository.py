@@ -21,7 +21,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -154,10 +154,23 @@ def _write_atomic(path: Path, text: str) -> None:
 class ModelRepository:
     """The model folders under ``root`` and their lifecycle state under ``state_dir``."""
 
-    def __init__(self, root: Path, state_dir: Path | None = None) -> None:
-        """Open the repository (nothing is created until something is written)."""
+    def __init__(
+        self,
+        root: Path,
+        state_dir: Path | None = None,
+        on_alias_change: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        """Open the repository (nothing is created until something is written).
+
+        Args:
+            root: Folder of ``<name>/<version>/`` model folders.
+            state_dir: Aliases, validation results, history; default ``root/.lifecycle``.
+            on_alias_change: Told ``(name, alias state)`` after every alias change this
+                process makes (the control topic's publisher).
+        """
         self.root = Path(root)
         self.state_dir = Path(state_dir) if state_dir is not None else self.root / ".lifecycle"
+        self.on_alias_change = on_alias_change
 
     # -- what is on disk ------------------------------------------------------------------
 
@@ -263,7 +276,28 @@ class ModelRepository:
         _write_atomic(
             self._state(name) / "aliases.json", json.dumps(state, indent=2, sort_keys=True) + "\n"
         )
+        if self.on_alias_change is not None:
+            self.on_alias_change(name, state)
         return old
+
+    def mirror_aliases(self, name: str, state: Mapping[str, Any]) -> None:
+        """Replace the model's alias state with one received from the control topic.
+
+        Raises:
+            LifecycleError: The state is not ``{"aliases": {...}, "previous": {...}}``.
+        """
+        aliases, previous = state.get("aliases"), state.get("previous", {})
+        if not isinstance(aliases, Mapping) or not isinstance(previous, Mapping):
+            msg = f"alias state for {name!r} must hold 'aliases' and 'previous' objects"
+            raise LifecycleError(msg)
+        body = {"aliases": dict(aliases), "previous": dict(previous)}
+        with self.locked(name):
+            if self._alias_state(name) == body:
+                return
+            _write_atomic(
+                self._state(name) / "aliases.json",
+                json.dumps(body, indent=2, sort_keys=True) + "\n",
+            )
 
     def previous(self, name: str, alias: str) -> list[str]:
         """Versions ``alias`` held before, oldest first (what rollbacks return to)."""

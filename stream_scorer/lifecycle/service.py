@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from stream_scorer.lifecycle.control import ControlFollower, ControlTopic
 from stream_scorer.lifecycle.repository import ModelRepository, default_instance_id
 from stream_scorer.lifecycle.watcher import PromotionWatcher, RollbackRules
 from stream_scorer.model_set import LiveModels, LoadedModel, load_model
@@ -18,8 +19,20 @@ __all__ = ["repository", "start_watcher"]
 
 
 def repository(settings: Settings) -> ModelRepository:
-    """The repository the settings name."""
-    return ModelRepository(settings.lifecycle.repository, settings.lifecycle.state_dir)
+    """The repository the settings name; with ``watch = "kafka"`` alias changes are published."""
+    lifecycle = settings.lifecycle
+    if lifecycle.watch != "kafka":
+        return ModelRepository(lifecycle.repository, lifecycle.state_dir)
+    control = ControlTopic(settings.kafka.client_config(), lifecycle.control_topic)
+    created: list[bool] = []
+
+    def publish(name: str, state: Mapping[str, Any]) -> None:
+        if not created:
+            control.ensure()
+            created.append(True)
+        control.publish(name, state)
+
+    return ModelRepository(lifecycle.repository, lifecycle.state_dir, publish)
 
 
 def start_watcher(
@@ -35,12 +48,21 @@ def start_watcher(
     scores its first batch with the promoted version; later moves are picked up by a thread.
 
     Raises:
-        ConfigurationError: The alias names a version that cannot be found.
+        ConfigurationError: The alias names a version that cannot be found, or the control
+            topic cannot be created or read.
     """
     lifecycle = settings.lifecycle
     if lifecycle.watch == "off":
         return None
     model = settings.model
+    repo = repository(settings)
+    if lifecycle.watch == "kafka":
+        # Mirror the control topic into the local state before the first batch, then follow.
+        client = settings.kafka.client_config()
+        ControlTopic(client, lifecycle.control_topic).ensure()
+        follower = ControlFollower(client, lifecycle.control_topic, repo, stop)
+        follower.catch_up()
+        follower.start()
 
     def load(path: Path) -> LoadedModel:
         # The version's own card threshold: model.threshold overrides only model.path's model.
@@ -58,7 +80,7 @@ def start_watcher(
         else None
     )
     watcher = PromotionWatcher(
-        repository(settings),
+        repo,
         live.current.champion.name,
         lifecycle.alias,
         live,

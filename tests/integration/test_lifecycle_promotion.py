@@ -313,3 +313,46 @@ def test_ten_times_the_alert_rate_rolls_back_unattended(
         assert abs(alert["score"] - scores[alert["event_id"]]) <= SCORE_TOLERANCE
         expected = threshold if alert["model_version"] == "1" else regression_threshold
         assert alert["threshold"] == pytest.approx(expected)
+
+
+def test_control_topic_reaches_members_on_separate_state(
+    kafka_bootstrap: str, make_topic: Any, tmp_path: Path
+) -> None:
+    """watch=kafka: members with their own state dirs follow a promotion made elsewhere."""
+    from stream_scorer.lifecycle.service import repository  # noqa: PLC0415
+    from stream_scorer.settings import load_settings  # noqa: PLC0415
+
+    topics = stream_topics(make_topic)
+    control = f"it-control-{tmp_path.name[-12:]}"
+    config = base_config(kafka_bootstrap, topics)
+
+    def member(name: str) -> ScorerProcess:
+        lifecycle = {"watch": "kafka", "control_topic": control, "poll_interval_s": 0.5,
+                     "state_dir": str(tmp_path / f"state-{name}"), "instance_id": name}  # fmt: skip
+        return ScorerProcess(tmp_path, {**config, "lifecycle": lifecycle})
+
+    members = [member("a"), member("b")]
+    late = None
+    try:
+        for m in members:
+            m.wait_assigned()
+        # The operator's machine: its own state dir, the same control topic.
+        operator = load_settings(None, {
+            "kafka": {"bootstrap_servers": kafka_bootstrap},
+            "lifecycle": {"watch": "kafka", "control_topic": control,
+                          "state_dir": str(tmp_path / "state-operator")},
+        }, environ={})  # fmt: skip
+        promote(repository(operator), "fraud", "2", by="test", force=True)
+
+        def applied(name: str) -> bool:
+            history = ModelRepository(REPO / "models", tmp_path / f"state-{name}").history("fraud")
+            return any(e.action == "applied" and e.version == "2" for e in history)
+
+        wait_until(lambda: applied("a") and applied("b"), 60, "both members to apply fraud/2")
+        assert [model_info(m) for m in members] == ["2", "2"]
+        late = member("late")
+        wait_until(lambda: applied("late"), 60, "the late member to start on fraud/2")
+        assert model_info(late) == "2"
+    finally:
+        for m in [*members, *([late] if late else [])]:
+            m.close()
