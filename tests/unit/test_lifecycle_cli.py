@@ -176,15 +176,21 @@ def test_shipped_card_view_is_the_rendered_card() -> None:
 
 
 @pytest.mark.slow
-def test_demo_promotes_live(config: Path) -> None:
+def test_demo_promotes_live() -> None:
     """`demo --promote-after 2` swaps fraud/2 in while it streams, and shows the history."""
-    import io  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
-    from stream_scorer.devtools.demo import run_demo  # noqa: PLC0415
-
-    out = io.StringIO()
-    assert run_demo(10.0, None, 500.0, None, out, promote_after_s=2.0) == 0
-    text = out.getvalue()
+    # Its own process: the demo registers its metrics in the global Prometheus registry.
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    done = subprocess.run(  # the console script under test, fixed arguments
+        [str(Path(sys.executable).with_name("stream-scorer")), "demo", "--duration", "10",
+         "--promote-after", "2", "--rate", "500"],
+        cwd=REPO_ROOT, env={**env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
     assert "Promoted fraud/2 to champion" in text
     assert "history: applied fraud/2 by instance:" in text
     assert "model=fraud/2" in text.splitlines()[-2]
