@@ -23,7 +23,7 @@ from stream_scorer.lifecycle.repository import (
     promote,
     rollback,
 )
-from stream_scorer.lifecycle.service import repository
+from stream_scorer.lifecycle.service import catch_up, repository
 from stream_scorer.settings import Settings
 
 __all__ = ["add_models_parser", "run_models"]
@@ -170,6 +170,8 @@ def run_models(args: argparse.Namespace, settings: Settings, out: IO[str] = sys.
         ConfigurationError: Unknown model or version, bad reference, refused promotion.
     """
     repo = repository(settings)
+    # watch = kafka: the aliases and the history of every host are on the control topic.
+    catch_up(settings, repo)
     alias = getattr(args, "alias", None) or settings.lifecycle.alias
     command = args.models_command
     if command == "list":

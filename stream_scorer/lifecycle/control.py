@@ -9,6 +9,10 @@ from its beginning (outside the scoring group, so following aliases never rebala
 that mirrors each record into its local state directory, where the
 :class:`~stream_scorer.lifecycle.watcher.PromotionWatcher` picks it up as in file mode. A member
 started later reads the topic to its end before it scores, so it starts on the promoted version.
+
+History entries travel the same way, each under its own key ``<name>/history/<id>`` (so
+compaction keeps them all), and every host appends those it has not got: ``models history`` on
+any host (it reads the topic to its end first) shows every instance's ``applied`` lines.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream_scorer.lifecycle.repository import LifecycleError, ModelRepository
+from stream_scorer.lifecycle.repository import HistoryEntry, LifecycleError, ModelRepository
 
 __all__ = ["ControlFollower", "ControlTopic"]
 
 log = structlog.get_logger(__name__)
 
+#: Separates a model name from a history entry's id in a control record's key.
+HISTORY_KEY = "/history/"
 #: Seconds a control-topic call (create, publish, catch up) may take.
 CONTROL_TIMEOUT_S = 30.0
 
@@ -66,10 +72,21 @@ class ControlTopic:
             LifecycleError: Not acknowledged in time (the local state is already written:
                 publish again with the same command).
         """
+        self._send(name, json.dumps(state, sort_keys=True))
+
+    def publish_entry(self, entry: HistoryEntry) -> None:
+        """Publish one history entry under its own key, so compaction keeps every entry.
+
+        Raises:
+            LifecycleError: Not acknowledged in time.
+        """
+        self._send(f"{entry.model}{HISTORY_KEY}{entry.id}", entry.to_json())
+
+    def _send(self, key: str, value: str) -> None:
         errors: list[str] = []
         producer = Producer({**self._config, "enable.idempotence": True})
         producer.produce(
-            self.topic, key=name.encode(), value=json.dumps(state, sort_keys=True).encode(),
+            self.topic, key=key.encode(), value=value.encode(),
             on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
         )  # fmt: skip
         if producer.flush(CONTROL_TIMEOUT_S) or errors:
@@ -113,9 +130,11 @@ class ControlFollower:
             if value is None or key is None:
                 continue  # a tombstone: keep the last aliases rather than none
             try:
-                state = json.loads(value)
-                self._repo.mirror_aliases(key.decode(), state)
-            except (ValueError, LifecycleError) as exc:
+                if HISTORY_KEY in key.decode():
+                    self._repo.mirror_entry(HistoryEntry.from_json(value.decode()))
+                else:
+                    self._repo.mirror_aliases(key.decode(), json.loads(value))
+            except (ValueError, TypeError, LifecycleError) as exc:
                 log.error("control_record_refused", topic=self.topic, error=str(exc))
 
     def catch_up(self, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
@@ -146,6 +165,10 @@ class ControlFollower:
                 self._apply(0.5)
         finally:
             self._consumer.close()
+
+    def close(self) -> None:
+        """Close the consumer (a follower that only caught up, never started)."""
+        self._consumer.close()
 
     def start(self) -> None:
         """Follow the topic until the stop event is set."""

@@ -21,12 +21,15 @@ import json
 import os
 import re
 import socket
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.model_card import ModelCard, file_sha256
@@ -41,6 +44,8 @@ __all__ = [
     "promote",
     "rollback",
 ]
+
+log = structlog.get_logger(__name__)
 
 #: Names of models, versions and aliases: no path separators, no leading dot.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -129,6 +134,8 @@ class HistoryEntry:
     instance: str | None = None
     at: str = field(default_factory=_now)
     detail: Mapping[str, Any] = field(default_factory=dict)
+    #: Unique id: the control topic carries entries between hosts, each kept once.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> str:
         """One line of ``history.jsonl``."""
@@ -159,6 +166,7 @@ class ModelRepository:
         root: Path,
         state_dir: Path | None = None,
         on_alias_change: Callable[[str, Mapping[str, Any]], None] | None = None,
+        on_record: Callable[[HistoryEntry], None] | None = None,
     ) -> None:
         """Open the repository (nothing is created until something is written).
 
@@ -167,10 +175,12 @@ class ModelRepository:
             state_dir: Aliases, validation results, history; default ``root/.lifecycle``.
             on_alias_change: Told ``(name, alias state)`` after every alias change this
                 process makes (the control topic's publisher).
+            on_record: Told of every history entry this process records (the same).
         """
         self.root = Path(root)
         self.state_dir = Path(state_dir) if state_dir is not None else self.root / ".lifecycle"
         self.on_alias_change = on_alias_change
+        self.on_record = on_record
 
     # -- what is on disk ------------------------------------------------------------------
 
@@ -304,7 +314,21 @@ class ModelRepository:
         return list(self._alias_state(name)["previous"].get(alias, []))
 
     def record(self, entry: HistoryEntry) -> None:
-        """Append one entry to the model's history."""
+        """Append one entry to the model's history (and hand it to ``on_record``)."""
+        self._append(entry)
+        if self.on_record is not None:
+            try:
+                self.on_record(entry)
+            except LifecycleError as exc:  # kept locally; the other hosts miss this line
+                log.error("history_not_published", model=entry.model, error=str(exc))
+
+    def mirror_entry(self, entry: HistoryEntry) -> None:
+        """Append an entry received from the control topic, unless it is already here."""
+        with self.locked(entry.model):
+            if entry.id not in {e.id for e in self.history(entry.model)}:
+                self._append(entry)
+
+    def _append(self, entry: HistoryEntry) -> None:
         path = self._state(entry.model) / "history.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         # One write of one line in append mode: lines from concurrent instances never mix.

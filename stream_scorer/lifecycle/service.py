@@ -10,12 +10,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from stream_scorer.lifecycle.control import ControlFollower, ControlTopic
-from stream_scorer.lifecycle.repository import ModelRepository, default_instance_id
+from stream_scorer.lifecycle.repository import HistoryEntry, ModelRepository, default_instance_id
 from stream_scorer.lifecycle.watcher import PromotionWatcher, RollbackRules
 from stream_scorer.model_set import LiveModels, LoadedModel, load_model
 from stream_scorer.settings import Settings
 
-__all__ = ["repository", "start_watcher"]
+__all__ = ["catch_up", "repository", "start_watcher"]
 
 
 def repository(settings: Settings) -> ModelRepository:
@@ -32,7 +32,27 @@ def repository(settings: Settings) -> ModelRepository:
             created.append(True)
         control.publish(name, state)
 
-    return ModelRepository(lifecycle.repository, lifecycle.state_dir, publish)
+    def publish_entry(entry: HistoryEntry) -> None:
+        if not created:
+            control.ensure()
+            created.append(True)
+        control.publish_entry(entry)
+
+    return ModelRepository(lifecycle.repository, lifecycle.state_dir, publish, publish_entry)
+
+
+def catch_up(settings: Settings, repo: ModelRepository) -> None:
+    """With ``watch = "kafka"``, mirror the control topic into the local state once (CLI)."""
+    lifecycle = settings.lifecycle
+    if lifecycle.watch != "kafka":
+        return
+    client = settings.kafka.client_config()
+    ControlTopic(client, lifecycle.control_topic).ensure()
+    follower = ControlFollower(client, lifecycle.control_topic, repo, threading.Event())
+    try:
+        follower.catch_up()
+    finally:
+        follower.close()
 
 
 def start_watcher(

@@ -319,7 +319,7 @@ def test_control_topic_reaches_members_on_separate_state(
     kafka_bootstrap: str, make_topic: Any, tmp_path: Path
 ) -> None:
     """watch=kafka: members with their own state dirs follow a promotion made elsewhere."""
-    from stream_scorer.lifecycle.service import repository  # noqa: PLC0415
+    from stream_scorer.lifecycle.service import catch_up, repository  # noqa: PLC0415
     from stream_scorer.settings import load_settings  # noqa: PLC0415
 
     topics = stream_topics(make_topic)
@@ -353,6 +353,18 @@ def test_control_topic_reaches_members_on_separate_state(
         late = member("late")
         wait_until(lambda: applied("late"), 60, "the late member to start on fraud/2")
         assert model_info(late) == "2"
+        # Every host's history lines reach the operator through the control topic.
+        operator_repo = repository(operator)
+
+        def operator_sees_all() -> bool:
+            catch_up(operator, operator_repo)
+            entries = operator_repo.history("fraud")
+            return {e.instance for e in entries if e.action == "applied"} == {"a", "b", "late"}
+
+        wait_until(operator_sees_all, 30, "the operator to see every member's applied line")
+        entries = operator_repo.history("fraud")
+        assert len({e.id for e in entries}) == len(entries), "a history line was kept twice"
+        assert sum(e.action == "force" for e in entries) == 1
     finally:
         for m in [*members, *([late] if late else [])]:
             m.close()
