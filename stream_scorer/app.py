@@ -40,6 +40,7 @@ from stream_scorer.delivery.publish import (
 from stream_scorer.encode import AlertEncoder, EventFields, ScoreEncoder
 from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.integrity import IntegrityPolicy
+from stream_scorer.lifecycle.service import start_watcher
 from stream_scorer.logging import librdkafka_logger
 from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_card import ModelCard
@@ -404,6 +405,10 @@ def build_runner(
     score_encoder = build_score_encoder(settings, schema_registry, fields, privacy)
 
     live = _live_models(models, metrics, settings.topics.input)
+    # lifecycle.watch: follow the model's alias, swapping between batches (one stop event ends
+    # the watcher with the runner).
+    stop = stop if stop is not None else threading.Event()
+    start_watcher(settings, live, reader, registry, stop)
     pipeline = Pipeline(
         decoder,
         live,

@@ -204,6 +204,10 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=None, help="most dead letters to replay"
     )
 
+    from stream_scorer.lifecycle.commands import add_models_parser  # noqa: PLC0415 - lifecycle
+
+    add_models_parser(sub, _add_config)
+
     demo = sub.add_parser("demo", help="run producer, broker and scorer on this machine")
     _add_config(demo, log_level=False)
     demo.add_argument(
@@ -222,6 +226,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=2000.0,
         help="events/s produced (default 2000); 0 = as fast as possible",
+    )
+    demo.add_argument(
+        "--promote-after",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="promote fraud/2 live after S seconds (the model lifecycle, shown live)",
     )
     return parser
 
@@ -298,7 +309,8 @@ def _replay_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FATAL if replay.refused else EXIT_OK
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _without_settings(args: argparse.Namespace) -> int | None:
+    """The commands that load no settings file of the user's: their exit code, else None."""
     command = args.command
     if command == "config" and args.config_command == "example":
         sys.stdout.write((resource_root() / EXAMPLE_CONFIG).read_text(encoding="utf-8"))
@@ -307,13 +319,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         from stream_scorer.devtools.demo import run_demo  # noqa: PLC0415 - keep CLI start-up light
 
         configure_logging("error", "auto", cache=False)
-        return run_demo(args.duration, args.bootstrap_servers, args.rate, args.config, sys.stdout)
+        return run_demo(
+            args.duration,
+            args.bootstrap_servers,
+            args.rate,
+            args.config,
+            sys.stdout,
+            args.promote_after,
+        )
     if command == "top":
         return _top(args)
+    return None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    early = _without_settings(args)
+    if early is not None:
+        return early
     settings = _settings(args)
     configure_logging(settings.log.level, settings.log.format)
     if command == "config":
         return _check(settings)
+    if command == "models":
+        from stream_scorer.lifecycle.commands import run_models  # noqa: PLC0415
+
+        return run_models(args, settings, sys.stdout)
     if command == "run":
         from stream_scorer.app import build_runner  # noqa: PLC0415
 

@@ -63,6 +63,7 @@ __all__ = [
     "BatchSettings",
     "DeliverySettings",
     "KafkaSettings",
+    "LifecycleSettings",
     "LogSettings",
     "MetricsSettings",
     "ModelSettings",
@@ -334,6 +335,57 @@ class ModelSettings(_Section):
             msg = f"model.public_key is required when model.signature is {self.signature!r}"
             raise ValueError(msg)
         return self
+
+
+class LifecycleSettings(_Section):
+    """Model repository, aliases, validation gates and live promotion (``models ...``)."""
+
+    repository: Path = Path("models")
+    """Folder of ``<name>/<version>/`` model folders."""
+    state_dir: Path | None = None
+    """Where aliases, validation results and the history are kept; default
+    ``<repository>/.lifecycle``."""
+    watch: Literal["off", "file", "kafka"] = "off"
+    """``file``: the service follows ``alias`` of its model in ``state_dir`` and swaps the live
+    model between batches when it moves (single instance or a shared volume); ``kafka``: the
+    same, with alias changes carried to every member by ``control_topic``; ``off``: serve
+    ``model.path`` only."""
+    control_topic: str = Field(default="stream-scorer-models", min_length=1)
+    """Compacted topic keyed by model name holding the aliases (``watch = "kafka"``); created
+    on first use."""
+    alias: str = Field(default="champion", min_length=1)
+    """The alias the service serves and ``models promote`` moves by default."""
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the watcher reads the aliases."""
+    instance_id: str | None = None
+    """Name of this instance in the history; defaults to ``<hostname>-<pid>``."""
+    validation_events: int = Field(default=20_000, ge=100, le=10_000_000)
+    """Labelled synthetic events ``models validate`` scores when ``--data`` is not given."""
+    validation_seed: int = 20260404
+    """Seed of those events (apart from the training and holdout seeds)."""
+    label_field: str = "is_fraud"
+    """Field holding the label in a ``--data`` file."""
+    metric_margin_abs: float = Field(default=0.01, ge=0, le=1)
+    """A metric may be this much (absolute) below its floor or the champion's."""
+    metric_margin_rel: float = Field(default=0.05, ge=0, le=1)
+    """...or this share of the champion's value below it; the larger allowance wins."""
+    batch_p99_budget_ms: float = Field(default=50.0, gt=0)
+    """p99 time of scoring one batch of ``batch.max_size`` rows."""
+    alert_rate_ratio: float = Field(default=2.0, ge=1)
+    """The alert rate must be within this factor (either way) of the champion's."""
+    auto_rollback: bool = True
+    """Roll a promotion back unattended when, within ``watch_period_s``, the new version
+    breaks one of the bounds below relative to the version it replaced."""
+    watch_period_s: float = Field(default=300.0, gt=0)
+    """How long after a swap its rules are watched."""
+    rollback_min_events: int = Field(default=2000, ge=1)
+    """Events the new version must have scored before its alert rate is judged."""
+    rollback_alert_rate_ratio: float = Field(default=3.0, gt=1)
+    """Roll back when the alert rate exceeds the previous version's by this factor."""
+    rollback_latency_ratio: float = Field(default=3.0, gt=1)
+    """Roll back when the mean time of the score stage exceeds the previous one's by this."""
+    rollback_max_bisections: int = Field(default=0, ge=0)
+    """Roll back when more batches than this had to be bisected (a failing model run)."""
 
 
 class BatchSettings(_Section):
@@ -611,6 +663,8 @@ class Settings(BaseSettings):
     """Drift, shadow models and their comparison."""
     log: LogSettings = Field(default_factory=LogSettings)
     """Logging."""
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    """Model repository, validation gates, live promotion."""
 
     @classmethod
     def settings_customise_sources(

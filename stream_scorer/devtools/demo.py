@@ -7,12 +7,17 @@ thread sends synthetic card transactions (Confluent wire format) at a steady rat
 corrupt messages so the dead-letter path shows; the scorer runs with the shipped fraud model;
 the terminal shows events/s, batch size, p50/p99 end-to-end latency, alerts and dead letters,
 and the metrics URL. Ctrl-C stops it cleanly; ``--duration`` ends it by itself.
+
+``--promote-after S`` shows a promotion live: the scorer follows ``fraud@champion`` in a
+temporary state directory (``lifecycle.watch = "file"``), and after S seconds ``fraud/2`` is
+promoted; the view shows the version serving and the history lines as the swap happens.
 """
 
 from __future__ import annotations
 
 import collections
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -93,7 +98,7 @@ class _LiveView:
             while self.window and self.window[0][0] < now - WINDOW_S:
                 self.window.popleft()
 
-    def line(self, elapsed_s: float, produced: int, metrics_url: str) -> str:
+    def line(self, elapsed_s: float, produced: int, metrics_url: str, model: str = "") -> str:
         with self.lock:
             batches = [r for _, r in self.window]
             span = (self.window[-1][0] - self.window[0][0]) if len(self.window) > 1 else 0.0
@@ -106,8 +111,38 @@ class _LiveView:
         return (
             f"t={elapsed_s:5.0f}s  produced={produced:>8}  consumed={events:>8}  "
             f"events/s={rate:>7.0f}  batch={size:>6.1f}  p50={p50:5.1f}ms  p99={p99:5.1f}ms  "
-            f"alerts={alerts:>6}  dead letters={dead:>4}  metrics={metrics_url}/metrics"
+            f"alerts={alerts:>6}  dead letters={dead:>4}  "
+            + (f"model={model}  " if model else "")
+            + f"metrics={metrics_url}/metrics"
         )
+
+
+class _Promotion:
+    """Promotes fraud/2 once, then prints each new history line of the model."""
+
+    def __init__(self, settings: Settings, out: IO[str]) -> None:
+        from stream_scorer.lifecycle.service import repository  # noqa: PLC0415
+
+        self.repo = repository(settings)
+        self.out = out
+        self.done = False
+        self.shown = 0
+
+    def step(self, due: bool) -> None:
+        from stream_scorer.lifecycle import promote  # noqa: PLC0415
+
+        if due and not self.done:
+            self.done = True
+            why = "demo --promote-after (run `models validate` for the gates)"
+            entry = promote(self.repo, "fraud", "2", by="demo", force=True, reason=why)
+            self.out.write(f"Promoted fraud/2 to champion (was {entry.previous or 'fraud/1'})\n")
+        history = self.repo.history("fraud")
+        for entry in history[self.shown :]:
+            self.out.write(
+                f"  history: {entry.action} fraud/{entry.version} by {entry.by}"
+                f"{f' on {entry.instance}' if entry.instance else ''}\n"
+            )
+        self.shown = len(history)
 
 
 def run_demo(
@@ -116,8 +151,12 @@ def run_demo(
     rate: float,
     config: Path | None,
     out: IO[str],
+    promote_after_s: float | None = None,
 ) -> int:
-    """Run the demo; returns the scorer's exit code."""
+    """Run the demo; returns the scorer's exit code.
+
+    With ``promote_after_s``, fraud/2 is promoted that many seconds in (see the module doc).
+    """
     owner = None
     if bootstrap_servers is None:
         owner, bootstrap_servers = _start_mock_cluster()
@@ -135,6 +174,10 @@ def run_demo(
             "schema": {"wire_format": "confluent", "registry_url": registry.url},
             "log": {"level": "error"},
             "metrics": {"port": _metrics_port()},
+            **({} if promote_after_s is None else {"lifecycle": {
+                "watch": "file", "poll_interval_s": 0.5,
+                "state_dir": tempfile.mkdtemp(prefix="stream-scorer-demo-"),
+            }}),
         },
     )  # fmt: skip
     if owner is None:
@@ -173,12 +216,16 @@ def run_demo(
         f"{champion.label} (threshold {champion.threshold}); "
         f"producing {rate:.0f} events/s. Ctrl-C stops.\n"
     )
+    promotion = _Promotion(settings, out) if promote_after_s is not None else None
     try:
         while scorer.is_alive():
             scorer.join(timeout=1.0)
             elapsed = time.monotonic() - start
             url = runner.metrics_server.url if runner.metrics_server else "(disabled)"
-            out.write(view.line(elapsed, produced[0], url) + "\n")
+            model = runner.models.current.champion.label
+            out.write(view.line(elapsed, produced[0], url, model) + "\n")
+            if promotion is not None and promote_after_s is not None:
+                promotion.step(elapsed >= promote_after_s)
             out.flush()
             if duration_s is not None and elapsed >= duration_s:
                 break
