@@ -4,8 +4,9 @@ In: :class:`Rejected`. Out: a message with the original value bytes (or, with
 ``privacy.dead_letter_payload = "encrypt"``, those bytes sealed with AES-256-GCM), the original
 key and headers as the privacy policy lets them out, and headers saying why and where from:
 ``error.type``, ``error.message`` (truncated; it says what was wrong, never what the bytes were),
-``error.stage``, ``source.topic``, ``source.partition``, ``source.offset``, ``source.timestamp``
-and ``scorer.version``. No side effects.
+``error.stage``, ``source.topic``, ``source.partition``, ``source.offset``, ``source.timestamp``,
+``scorer.version``, and ``model.name`` / ``model.version`` of the model version live for the
+batch (the one that decided the event, when one did). No side effects.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ class DeadLetterWriter:
         self._privacy = privacy or PrivacyPolicy()
         self._cipher = cipher
 
-    def message(self, rejected: Rejected) -> tuple[bytes | None, bytes | None, list[Header]]:
-        """Key, value and headers of the dead letter for one rejected record."""
+    def message(
+        self, rejected: Rejected, model: tuple[str, str] | None = None
+    ) -> tuple[bytes | None, bytes | None, list[Header]]:
+        """Key, value and headers of the dead letter for one rejected record; ``model``
+        (name, version) is the model version live for its batch, named in headers."""
         source = rejected.source
         reason = rejected.message.encode("utf-8", errors="replace")[:MAX_ERROR_MESSAGE_BYTES]
         privacy = self._privacy
@@ -50,6 +54,8 @@ class DeadLetterWriter:
             ("source.timestamp", str(source.timestamp_ms).encode()),
             ("scorer.version", self._version),
         ]
+        if model is not None:
+            headers += [("model.name", model[0].encode()), ("model.version", model[1].encode())]
         value = source.value
         if self._cipher is not None and value is not None:
             value = self._cipher.encrypt(value, source.topic, source.partition, source.offset)

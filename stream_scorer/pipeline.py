@@ -333,9 +333,7 @@ class Pipeline:
             (self._alert_topic, key, value, headers)
             for key, value, headers in self._encoder.encode_all(alerts)
         ]
-        for reject in rejected:
-            key, value, headers = self._dead_letters.message(reject)
-            messages.append((self._dead_letter_topic, key, value, headers))
+        messages.extend(self._dead_letter_messages(rejected, deciders))
         stage_s["encode"] = time.perf_counter() - tick
         dropped = _dropped(decoded, decision, unreadable)
         if self._score_encoder is not None:
@@ -360,6 +358,20 @@ class Pipeline:
         if self._monitor is not None:
             self._monitor.observe(models, decoded, decision, stage_s)
         return BatchOutput(batch, messages, result)
+
+    def _dead_letter_messages(
+        self, rejected: list[Rejected], deciders: list[tuple[LoadedModel, ModelDecision]]
+    ) -> list[Outgoing]:
+        """Dead letters, each naming the model version that decided its event (the champion,
+        the version live for this batch, for those no model decided)."""
+        champion = deciders[0][0]
+        decided_by = {id(r): model for model, decided in deciders for r in decided.rejected}
+        out: list[Outgoing] = []
+        for reject in rejected:
+            model = decided_by.get(id(reject), champion)
+            key, value, headers = self._dead_letters.message(reject, (model.name, model.version))
+            out.append((self._dead_letter_topic, key, value, headers))
+        return out
 
     def _decide(
         self, models: ModelSet, decoded: DecodedBatch, stage_s: dict[str, float]

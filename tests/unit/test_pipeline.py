@@ -470,3 +470,18 @@ def test_flagged_event_that_does_not_decode_whole_is_dead_lettered(
     assert dead[2] == broken
     assert _header(dead[3], "error.stage") == b"decode"
     assert _header(dead[3], "source.offset") == b"1"
+
+
+def test_dead_letters_name_the_model_version_live_for_their_batch(
+    build: Build, records: Callable[..., list[SourceRecord]]
+) -> None:
+    """Every dead letter, whatever its stage, names the model version live for its batch."""
+    pipeline, sink = build()
+
+    pipeline.process(records(10.0, b"\xff", None, 150.0))
+
+    dead = sink.on(DLQ)
+    assert len(dead) == 3
+    assert {(_header(m[3], "model.name"), _header(m[3], "model.version")) for m in dead} == {
+        (b"fake", b"1")
+    }
