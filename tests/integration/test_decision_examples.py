@@ -95,7 +95,7 @@ def _run_example(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Message], list[Message]]:
     """Produce the generator's events, score them offline and on the stream; return the events,
     the offline results, and the alert and score messages."""
-    monkeypatch.chdir(REPO)  # the example's paths are relative to the repository root
+    monkeypatch.chdir(REPO)  # as a user would run it (paths resolve against the config file)
     topics = {**topics, "scores": make_topic("scores", partitions=4)}
     settings = _settings(example, kafka_bootstrap, topics, dev_registry.url, mode)
     reader = load_schema(settings.schema_.reader, "schema.reader")
