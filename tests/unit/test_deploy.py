@@ -182,7 +182,10 @@ def test_compose_has_the_stack(compose: dict[str, Any]) -> None:
     assert Path(build["context"]).resolve() == REPO_ROOT
     assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
     assert services["producer"]["command"][0] == "produce"
-    assert services["kafka"]["image"] == services["topics"]["image"] == "apache/kafka:4.1.1"
+    # The same Kafka release as the tests' broker (scripts/kafka_broker.py), pinned by digest.
+    kafka = services["kafka"]["image"]
+    assert kafka == services["topics"]["image"]
+    assert kafka.startswith("apache/kafka:4.1.1@sha256:")
     mounts = {v["target"]: Path(v["source"]) for v in services["scorer"].get("volumes", [])}
     assert mounts["/app/scorer.toml"] == COMPOSE_CONFIG
 

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -86,6 +87,23 @@ def test_every_from_is_pinned_by_digest() -> None:
     assert images, "no FROM found"
     unpinned = [image for image, is_stage in images if not is_stage and not DIGEST.search(image)]
     assert not unpinned, f"FROM without a digest: {unpinned}"
+
+
+def test_every_pulled_compose_image_is_pinned_by_digest() -> None:
+    """Every image docker-compose.yml pulls (not the one it builds) names a sha256 digest, so a
+    moved tag cannot change what a clean `docker compose up` runs."""
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    pulled = {
+        name: service["image"]
+        for name, service in compose["services"].items()
+        if "image" in service
+        and "build" not in service
+        and service["image"] != "stream-scorer:local"
+    }
+
+    assert pulled, "no pulled image found"
+    unpinned = {name: image for name, image in pulled.items() if not DIGEST.search(image)}
+    assert not unpinned, f"images without a digest: {unpinned}"
 
 
 def test_digest_check_catches_a_tag(tmp_path: Path) -> None:
