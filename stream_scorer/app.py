@@ -399,6 +399,8 @@ def build_runner(
     )
     # 2. The registry (the alert schema is registered now), decoder, encoder, pipeline.
     schema_registry = build_registry(settings)
+    if schema_registry is not None:
+        schema_registry.on_call = metrics.observe_registry
     decoder = build_decoder(settings, reader, schema_registry)
     encoder = build_alert_encoder(settings, schema_registry, fields, privacy)
     encoder.check_policy(champion.card.policy, champion.label)

@@ -210,6 +210,20 @@ class ScorerMetrics:
         )  # fmt: skip
         for result in ("ok", "retried", "refused", "failed"):
             self.commits.labels(result=result)
+        self.registry_requests = Counter(
+            "stream_scorer_registry_requests_total",
+            "Schema Registry API calls by operation (schema_by_id, subjects) and outcome (ok, "
+            "refused, unavailable, unusable).", ["operation", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.registry_duration = Histogram(
+            "stream_scorer_registry_request_duration_seconds",
+            "Time of one Schema Registry API call, retries included.", ["operation"],
+            buckets=STAGE_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        for operation in ("schema_by_id", "subjects"):
+            self.registry_duration.labels(operation=operation)
+            for outcome in ("ok", "refused", "unavailable", "unusable"):
+                self.registry_requests.labels(operation=operation, outcome=outcome)
         self.producer_queue = Gauge(
             "stream_scorer_producer_queue_messages",
             "Messages in the producer's local queue, not yet acknowledged (after each batch).",
@@ -246,6 +260,11 @@ class ScorerMetrics:
         self.model_info.labels(
             model_name=name, model_version=version, sha256=sha256, input_layout=input_layout
         ).set(1)
+
+    def observe_registry(self, operation: str, outcome: str, seconds: float) -> None:
+        """One Schema Registry call's outcome and duration."""
+        self.registry_requests.labels(operation=operation, outcome=outcome).inc()
+        self.registry_duration.labels(operation=operation).observe(seconds)
 
     def observe_commit(self, result: str, seconds: float | None) -> None:
         """One commit's result and, when it was waited for, its duration."""

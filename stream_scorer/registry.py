@@ -44,7 +44,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -345,6 +345,8 @@ class SchemaRegistryClient:
         self._timeout_s = timeout_s
         self._deadline_s = deadline_s
         self._retries = retries
+        #: Told of every API call: (operation, outcome, seconds); the service's metrics.
+        self.on_call: Callable[[str, str, float], None] | None = None
         self._backoff_s = retry_backoff_s
         self._max_bytes = max_response_bytes
         self._unknown_ttl_s = unknown_id_ttl_s
@@ -547,6 +549,26 @@ class SchemaRegistryClient:
         return b"".join(chunks)
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        """One API call, timed and its outcome reported to :attr:`on_call` (metrics)."""
+        operation = "schema_by_id" if path.startswith("/schemas/ids/") else "subjects"
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return self._call_once(method, path, payload)
+        except RegistryUnavailableError:
+            outcome = "unavailable"
+            raise
+        except RegistryRefusedError:
+            outcome = "refused"
+            raise
+        except _Unusable:
+            outcome = "unusable"
+            raise
+        finally:
+            if self.on_call is not None:
+                self.on_call(operation, outcome, time.monotonic() - started)
+
+    def _call_once(self, method: str, path: str, payload: Any = None) -> Any:
         """One API call: retried on outages across the URLs; the parsed JSON answer.
 
         Raises:

@@ -373,3 +373,20 @@ def test_full_jitter_doubles_up_to_a_cap(retry: int, uniform: float, expected: f
 def test_redact_url(url: str, shown: str) -> None:
     """User info is replaced by *** and nothing else changes."""
     assert redact_url(url) == shown
+
+
+def test_every_call_is_reported_with_its_outcome_and_time() -> None:
+    """on_call hears each API call (the service's registry metrics): a registration (whose id
+    is then cached, so fetching it calls nothing) and a fetch of an unknown id, refused."""
+    from stream_scorer.devtools.devregistry import DevSchemaRegistry  # noqa: PLC0415
+
+    calls: list[tuple[str, str]] = []
+    with DevSchemaRegistry() as dev:
+        client = SchemaRegistryClient(dev.url)
+        client.on_call = lambda op, outcome, seconds: calls.append((op, outcome))
+        schema_id = client.register("s-value", {"type": "record", "name": "R", "fields": []})
+        client.schema_by_id(schema_id)
+        with pytest.raises(SchemaNotFoundError):
+            client.schema_by_id(987_654)
+
+    assert calls == [("subjects", "ok"), ("schema_by_id", "refused")]
