@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream_scorer.metrics import ScorerMetrics
+from stream_scorer.monitoring.drift import DriftMetrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -146,13 +147,17 @@ def test_every_alert_has_severity_and_summary() -> None:
 
 
 def test_rules_read_only_metrics_the_service_exports() -> None:
-    """Every stream_scorer_* metric a rule reads is one ScorerMetrics registers."""
+    """Every stream_scorer_* metric a rule reads is one the service registers (ScorerMetrics,
+    and the drift monitor's)."""
     registry = CollectorRegistry()
     metrics = ScorerMetrics(registry)
     # Labelled metrics export samples only once a label set exists: create one of each.
     metrics.init_labels("tx", "fraud", "1")
     metrics.set_model("fraud", "1", "ab", "tensor")
     metrics.set_lag("tx", 0, 0)
+    drift = DriftMetrics(registry)
+    drift.psi.labels("fraud", "1", "amount").set(0)
+    drift.threshold.labels("fraud", "1", "amount").set(0.25)
     exported = {sample.name for family in registry.collect() for sample in family.samples}
     read = {name for rule in _rules() for name in _METRIC.findall(rule["expr"])}
     unknown = sorted(read - exported - PROCESS_METRICS)
