@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-import numpy as np
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_scorer.consume import BatchConsumer, MessageBatch
 from stream_scorer.delivery import Delivery
+from stream_scorer.delivery.commit import partition_spans
 from stream_scorer.errors import FatalError
 from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_set import LiveModels
@@ -56,10 +56,9 @@ REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL)
 
 def _offset_ranges(batch: MessageBatch) -> str:
     """``"p0:10-99 p1:5-70"``: first and last offset per partition (for log lines)."""
-    parts, offs = batch.partitions, batch.offsets
     return " ".join(
-        f"p{p}:{int(offs[parts == p].min())}-{int(offs[parts == p].max())}"
-        for p in np.unique(parts).tolist()
+        f"p{partition}:{first}-{last}"
+        for (_, partition), (first, last) in partition_spans(batch).items()
     )
 
 
