@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +43,31 @@ ALERT_SCHEMA = fastavro.parse_schema(load_schema(REPO / "schemas/alert.avsc", "a
 SCORE_SCHEMA = fastavro.parse_schema(load_schema(REPO / "schemas/score.avsc", "scores"))
 #: Events produced per example.
 N_EVENTS = 3_000
+
+
+@dataclass(frozen=True)
+class _Env:
+    """The broker, registry and scratch space one example runs in."""
+
+    kafka_bootstrap: str
+    topics: dict[str, str]
+    make_topic: Any
+    dev_registry: DevSchemaRegistry
+    tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch
+
+
+@pytest.fixture
+def env(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    make_topic: Any,
+    dev_registry: DevSchemaRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> _Env:
+    """The session broker and registry, fresh topics, a temporary folder."""
+    return _Env(kafka_bootstrap, topics, make_topic, dev_registry, tmp_path, monkeypatch)
 
 
 def _events_module() -> ModuleType:
@@ -86,17 +112,13 @@ def _run_example(
     id_field: str,
     key_field: str,
     mode: str,
-    kafka_bootstrap: str,
-    topics: dict[str, str],
-    make_topic: Any,
-    dev_registry: DevSchemaRegistry,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    env: _Env,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Message], list[Message]]:
     """Produce the generator's events, score them offline and on the stream; return the events,
     the offline results, and the alert and score messages."""
-    monkeypatch.chdir(REPO)  # as a user would run it (paths resolve against the config file)
-    topics = {**topics, "scores": make_topic("scores", partitions=4)}
+    kafka_bootstrap, dev_registry, tmp_path = env.kafka_bootstrap, env.dev_registry, env.tmp_path
+    env.monkeypatch.chdir(REPO)  # as a user would run it (paths resolve against the config file)
+    topics = {**env.topics, "scores": env.make_topic("scores", partitions=4)}
     settings = _settings(example, kafka_bootstrap, topics, dev_registry.url, mode)
     reader = load_schema(settings.schema_.reader, "schema.reader")
     events, _ = getattr(_events_module(), generator)(N_EVENTS, 4242)
@@ -159,15 +181,7 @@ def _check_scores(
 
 
 @pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
-def test_recommender_example_publishes_score_file_top_k(
-    mode: str,
-    kafka_bootstrap: str,
-    topics: dict[str, str],
-    make_topic: Any,
-    dev_registry: DevSchemaRegistry,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_recommender_example_publishes_score_file_top_k(mode: str, env: _Env) -> None:
     """Product views in, via examples/recommender.toml: recommendations are exactly
     score-file's RECOMMEND events with its top-3 labels and probabilities; every view has a
     score record equal to score-file's, keyed by user."""
@@ -177,12 +191,7 @@ def test_recommender_example_publishes_score_file_top_k(
         "event_id",
         "user_id",
         mode,
-        kafka_bootstrap,
-        topics,
-        make_topic,
-        dev_registry,
-        tmp_path,
-        monkeypatch,
+        env,
     )
     expected = {r["event_id"]: r for r in offline if r["flagged"]}
     assert N_EVENTS // 20 < len(expected) < N_EVENTS // 2, "the card's edge publishes a fifth"
@@ -199,14 +208,7 @@ def test_recommender_example_publishes_score_file_top_k(
     _check_scores(events, offline, scores, "event_id", "user_id")
 
 
-def test_expected_loss_example_publishes_score_file_bands(
-    kafka_bootstrap: str,
-    topics: dict[str, str],
-    make_topic: Any,
-    dev_registry: DevSchemaRegistry,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_expected_loss_example_publishes_score_file_bands(env: _Env) -> None:
     """Claims in, via examples/expected_loss.toml: alerts are exactly score-file's MEDIUM and
     HIGH claims, decision the band, score the expected cost; every claim has a score record."""
     events, offline, alerts, scores = _run_example(
@@ -215,12 +217,7 @@ def test_expected_loss_example_publishes_score_file_bands(
         "claim_id",
         "policy_id",
         "at-least-once",
-        kafka_bootstrap,
-        topics,
-        make_topic,
-        dev_registry,
-        tmp_path,
-        monkeypatch,
+        env,
     )
     expected = {r["event_id"]: r for r in offline if r["flagged"]}
     decoded = [_decode(m, ALERT_SCHEMA) for m in alerts]
