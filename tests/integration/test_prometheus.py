@@ -5,6 +5,9 @@ The test writes a Prometheus config to its temporary directory (1 s scrape and e
 free loopback port with temporary storage, streams events (a few undecodable) into the scorer
 and then asks Prometheus' HTTP API: the target is up, every rule loads and evaluates healthy,
 the recording rules see the group's partitions, and every Grafana panel's query returns data.
+The scorer runs as the dashboard expects in production: small drift windows (so the drift
+gauges exist within the test), fraud/2 as a shadow of fraud/1 (the comparison gauges) and the
+promotion watcher on (the promotion counters).
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ QUIET_WHEN_HEALTHY = (
     "StreamScorerRestarting",
     "StreamScorerNotReady",
     "StreamScorerNoModel",
-    # The test's stream is stationary and shorter than a drift window: no drift gauge at all.
+    # The watcher follows an alias nobody moves: nothing is refused.
+    "StreamScorerModelRefused",
+    # The stream comes from the generator the model's reference was drawn from: windows of
+    # DRIFT_WINDOW events stay under the alarm PSI.
     "StreamScorerDriftOverThreshold",
     "StreamScorerInstanceDown",
     "StreamScorerPartitionsUnowned",
@@ -55,6 +61,9 @@ QUIET_WHEN_HEALTHY = (
 )
 #: Alerts that a loaded machine may rightly raise during the test.
 LOAD_DEPENDENT = ("StreamScorerLagGrowing", "StreamScorerLatencyOverSLO")
+#: Events per drift window: several windows close during the stream, each large enough for
+#: its PSI to be stable (a window of a few hundred events is noise, and would alarm).
+DRIFT_WINDOW = 5_000
 #: Deadline for Prometheus to start, and for each condition asked of it.
 START_TIMEOUT_S = 60.0
 CONDITION_TIMEOUT_S = 60.0
@@ -155,8 +164,27 @@ def prometheus_binary() -> str:
 
 @pytest.fixture
 def scorer(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iterator[ScorerProcess]:
-    """A running scorer on the test's topics, assigned its partitions."""
-    process = ScorerProcess(tmp_path, base_config(kafka_bootstrap, topics))
+    """A running scorer on the test's topics, assigned its partitions, with drift windows,
+    a shadow and the promotion watcher, so every dashboard series exists."""
+    config = base_config(
+        kafka_bootstrap,
+        topics,
+        monitoring={
+            "window_events": DRIFT_WINDOW,
+            "min_window_events": DRIFT_WINDOW // 5,
+            "shadows": [str(REPO / "models" / "fraud" / "2")],
+            # A shadow over budget is dropped (and its gauges with it); a loaded 2-core
+            # machine must not turn the shadow panel empty, so the budget is generous.
+            "shadow_max_ratio": 1000.0,
+            "shadow_min_budget_ms": 10_000.0,
+        },
+        lifecycle={
+            "watch": "file",
+            "repository": str(REPO / "models"),
+            "state_dir": str(tmp_path / "lifecycle"),
+        },
+    )
+    process = ScorerProcess(tmp_path, config)
     try:
         process.wait_assigned()
         yield process
