@@ -7,7 +7,8 @@ and then asks Prometheus' HTTP API: the target is up, every rule loads and evalu
 the recording rules see the group's partitions, and every Grafana panel's query returns data.
 The scorer runs as the dashboard expects in production: small drift windows (so the drift
 gauges exist within the test), fraud/2 as a shadow of fraud/1 (the comparison gauges) and the
-promotion watcher on (the promotion counters).
+promotion watcher on (the promotion counters; at the end a promotion of a broken version must
+fire the refused-model alert).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from stream_scorer.lifecycle import ModelRepository, promote
 
 from .helpers import REPO, wait_until
 from .scorer_process import PacedProducer, ScorerProcess, base_config, encode_events, make_events
@@ -162,6 +165,18 @@ def prometheus_binary() -> str:
     return path
 
 
+def _model_repository(tmp_path: Path) -> Path:
+    """fraud/1 (the version served) and a fraud/3 whose ONNX file no longer matches its card,
+    for the refused-promotion check; created once per test."""
+    repo = tmp_path / "models"
+    if not repo.exists():
+        shutil.copytree(REPO / "models" / "fraud" / "1", repo / "fraud" / "1")
+        shutil.copytree(REPO / "models" / "fraud" / "2", repo / "fraud" / "3")
+        onnx = repo / "fraud" / "3" / "model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:-10])
+    return repo
+
+
 @pytest.fixture
 def scorer(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iterator[ScorerProcess]:
     """A running scorer on the test's topics, assigned its partitions, with drift windows,
@@ -180,7 +195,7 @@ def scorer(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iter
         },
         lifecycle={
             "watch": "file",
-            "repository": str(REPO / "models"),
+            "repository": str(_model_repository(tmp_path)),
             "state_dir": str(tmp_path / "lifecycle"),
         },
     )
@@ -218,7 +233,8 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
     tmp_path: Path,
 ) -> None:
     """Debian's Prometheus scrapes a live scorer: target up, every rule of rules.yml healthy,
-    partition recording rules count the topic's 4 partitions, every dashboard query has data."""
+    partition recording rules count the topic's 4 partitions, every dashboard query has data,
+    state alerts stay quiet, and a refused promotion fires StreamScorerModelRefused."""
     messages = encode_events(make_events(EVENTS, seed=13))
     messages = [
         (key, value[:3] if i % CORRUPT_EVERY == 0 else value)
@@ -294,6 +310,23 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
         quiet = "|".join(QUIET_WHEN_HEALTHY)
         firing = server.query(f'ALERTS{{alertname=~"{quiet}"}}')
         assert not firing, f"alerts pending or firing on a healthy scorer: {firing}"
+
+        # A promotion the scorer refuses (the card's sha256 no longer matches) fires the
+        # refused-model alert from the real counter, with the labels its runbook names.
+        promote(
+            ModelRepository(_model_repository(tmp_path), tmp_path / "lifecycle"),
+            "fraud", "3", force=True, reason="test: a broken version",
+        )  # fmt: skip
+
+        def refused_alert_fires() -> bool:
+            result = server.query(
+                'ALERTS{alertname="StreamScorerModelRefused", alertstate="firing"}'
+            )
+            return [(s["metric"]["model_name"], s["metric"]["instance"]) for s in result] == [
+                ("fraud", target)
+            ]
+
+        wait_until(refused_alert_fires, CONDITION_TIMEOUT_S, "StreamScorerModelRefused to fire")
         assert producer.error is None, producer.error
     finally:
         server.close()
