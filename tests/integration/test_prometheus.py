@@ -5,6 +5,10 @@ The test writes a Prometheus config to its temporary directory (1 s scrape and e
 free loopback port with temporary storage, streams events (a few undecodable) into the scorer
 and then asks Prometheus' HTTP API: the target is up, every rule loads and evaluates healthy,
 the recording rules see the group's partitions, and every Grafana panel's query returns data.
+The scorer runs as the dashboard expects in production: small drift windows (so the drift
+gauges exist within the test), fraud/2 as a shadow of fraud/1 (the comparison gauges) and the
+promotion watcher on (the promotion counters; at the end a promotion of a broken version must
+fire the refused-model alert).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from stream_scorer.lifecycle import ModelRepository, promote
 
 from .helpers import REPO, wait_until
 from .scorer_process import PacedProducer, ScorerProcess, base_config, encode_events, make_events
@@ -47,7 +53,10 @@ QUIET_WHEN_HEALTHY = (
     "StreamScorerRestarting",
     "StreamScorerNotReady",
     "StreamScorerNoModel",
-    # The test's stream is stationary and shorter than a drift window: no drift gauge at all.
+    # The watcher follows an alias nobody moves: nothing is refused.
+    "StreamScorerModelRefused",
+    # The stream comes from the generator the model's reference was drawn from: windows of
+    # DRIFT_WINDOW events stay under the alarm PSI.
     "StreamScorerDriftOverThreshold",
     "StreamScorerInstanceDown",
     "StreamScorerPartitionsUnowned",
@@ -55,6 +64,9 @@ QUIET_WHEN_HEALTHY = (
 )
 #: Alerts that a loaded machine may rightly raise during the test.
 LOAD_DEPENDENT = ("StreamScorerLagGrowing", "StreamScorerLatencyOverSLO")
+#: Events per drift window: several windows close during the stream, each large enough for
+#: its PSI to be stable (a window of a few hundred events is noise, and would alarm).
+DRIFT_WINDOW = 5_000
 #: Deadline for Prometheus to start, and for each condition asked of it.
 START_TIMEOUT_S = 60.0
 CONDITION_TIMEOUT_S = 60.0
@@ -153,10 +165,41 @@ def prometheus_binary() -> str:
     return path
 
 
+def _model_repository(tmp_path: Path) -> Path:
+    """fraud/1 (the version served) and a fraud/3 whose ONNX file no longer matches its card,
+    for the refused-promotion check; created once per test."""
+    repo = tmp_path / "models"
+    if not repo.exists():
+        shutil.copytree(REPO / "models" / "fraud" / "1", repo / "fraud" / "1")
+        shutil.copytree(REPO / "models" / "fraud" / "2", repo / "fraud" / "3")
+        onnx = repo / "fraud" / "3" / "model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:-10])
+    return repo
+
+
 @pytest.fixture
 def scorer(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iterator[ScorerProcess]:
-    """A running scorer on the test's topics, assigned its partitions."""
-    process = ScorerProcess(tmp_path, base_config(kafka_bootstrap, topics))
+    """A running scorer on the test's topics, assigned its partitions, with drift windows,
+    a shadow and the promotion watcher, so every dashboard series exists."""
+    config = base_config(
+        kafka_bootstrap,
+        topics,
+        monitoring={
+            "window_events": DRIFT_WINDOW,
+            "min_window_events": DRIFT_WINDOW // 5,
+            "shadows": [str(REPO / "models" / "fraud" / "2")],
+            # A shadow over budget is dropped (and its gauges with it); a loaded 2-core
+            # machine must not turn the shadow panel empty, so the budget is generous.
+            "shadow_max_ratio": 1000.0,
+            "shadow_min_budget_ms": 10_000.0,
+        },
+        lifecycle={
+            "watch": "file",
+            "repository": str(_model_repository(tmp_path)),
+            "state_dir": str(tmp_path / "lifecycle"),
+        },
+    )
+    process = ScorerProcess(tmp_path, config)
     try:
         process.wait_assigned()
         yield process
@@ -190,7 +233,8 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
     tmp_path: Path,
 ) -> None:
     """Debian's Prometheus scrapes a live scorer: target up, every rule of rules.yml healthy,
-    partition recording rules count the topic's 4 partitions, every dashboard query has data."""
+    partition recording rules count the topic's 4 partitions, every dashboard query has data,
+    state alerts stay quiet, and a refused promotion fires StreamScorerModelRefused."""
     messages = encode_events(make_events(EVENTS, seed=13))
     messages = [
         (key, value[:3] if i % CORRUPT_EVERY == 0 else value)
@@ -266,6 +310,23 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
         quiet = "|".join(QUIET_WHEN_HEALTHY)
         firing = server.query(f'ALERTS{{alertname=~"{quiet}"}}')
         assert not firing, f"alerts pending or firing on a healthy scorer: {firing}"
+
+        # A promotion the scorer refuses (the card's sha256 no longer matches) fires the
+        # refused-model alert from the real counter, with the labels its runbook names.
+        promote(
+            ModelRepository(_model_repository(tmp_path), tmp_path / "lifecycle"),
+            "fraud", "3", force=True, reason="test: a broken version",
+        )  # fmt: skip
+
+        def refused_alert_fires() -> bool:
+            result = server.query(
+                'ALERTS{alertname="StreamScorerModelRefused", alertstate="firing"}'
+            )
+            return [(s["metric"]["model_name"], s["metric"]["instance"]) for s in result] == [
+                ("fraud", target)
+            ]
+
+        wait_until(refused_alert_fires, CONDITION_TIMEOUT_S, "StreamScorerModelRefused to fire")
         assert producer.error is None, producer.error
     finally:
         server.close()

@@ -22,8 +22,14 @@ import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from stream_scorer.app import load_schema
 from stream_scorer.errors import ConfigurationError
+from stream_scorer.lifecycle import ModelRepository
+from stream_scorer.lifecycle.watcher import PromotionWatcher
 from stream_scorer.metrics import ScorerMetrics
+from stream_scorer.model_set import LiveModels, ModelSet, load_model
+from stream_scorer.monitoring.compare import ComparisonMetrics
+from stream_scorer.monitoring.drift import DriftMetrics
 from stream_scorer.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +44,9 @@ DASHBOARD = GRAFANA / "dashboards" / "stream-scorer.json"
 
 SERVICES = {"kafka", "topics", "schema-registry", "scorer", "producer", "prometheus", "grafana"}
 #: What the dashboard must show (issue 13), as words its panel titles contain.
-DASHBOARD_TOPICS = ("throughput", "lag", "latency", "dead letters", "batches", "model version")
+DASHBOARD_TOPICS = (
+    "throughput", "lag", "latency", "dead letters", "batches", "model version", "drift", "shadow",
+)  # fmt: skip
 #: Grafana's interval variables, replaced by a fixed window to evaluate a panel's query.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 #: A metric name in PromQL.
@@ -412,14 +420,28 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path, promtool: str) -> No
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dashboard_reads_only_metrics_the_service_exports() -> None:
-    """Every stream_scorer_* metric a panel reads is one ScorerMetrics exports."""
+def test_dashboard_reads_only_metrics_the_service_exports(tmp_path: Path) -> None:
+    """Every stream_scorer_* metric a panel reads is one the service exports (ScorerMetrics,
+    the drift and comparison monitors', the promotion watcher's)."""
     registry = CollectorRegistry()
     metrics = ScorerMetrics(registry)
     # Labelled metrics export samples only once a label set exists: create one of each.
     metrics.init_labels("tx", "fraud", "1")
     metrics.set_model("fraud", "1", "ab", "tensor")
     metrics.set_lag("tx", 0, 0)
+    drift = DriftMetrics(registry)
+    for gauge in (drift.psi, drift.threshold):
+        gauge.labels("fraud", "1", "amount").set(0)
+    drift.alert_ratio.labels("fraud", "1").set(0)
+    comparison = ComparisonMetrics(registry)
+    for gauge in (comparison.agreement, comparison.correlation):
+        gauge.labels("fraud/1", "fraud/2").set(1)
+    # The promotion counter is the watcher's own: build one on the shipped model.
+    reader = load_schema(REPO_ROOT / "schemas" / "transaction.avsc", "reader")
+    live = LiveModels(ModelSet(load_model(REPO_ROOT / "models" / "fraud" / "1", reader, 1)))
+    repo = ModelRepository(REPO_ROOT / "models", tmp_path / "state")
+    PromotionWatcher(repo, "fraud", "champion", live, lambda _: live.current.champion, "t", 1.0,
+                     registry)  # fmt: skip
     exported = {sample.name for family in registry.collect() for sample in family.samples}
     read = {name for _, expr in dashboard_queries() for name in _METRIC.findall(expr)}
     unknown = sorted(read - exported)

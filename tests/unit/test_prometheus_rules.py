@@ -16,7 +16,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from stream_scorer.app import load_schema
+from stream_scorer.lifecycle import ModelRepository
+from stream_scorer.lifecycle.watcher import PromotionWatcher
 from stream_scorer.metrics import ScorerMetrics
+from stream_scorer.model_set import LiveModels, ModelSet, load_model
 from stream_scorer.monitoring.drift import DriftMetrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -146,10 +150,16 @@ def test_every_alert_has_severity_and_summary() -> None:
         assert rule["annotations"]["summary"], rule["alert"]
 
 
-def test_rules_read_only_metrics_the_service_exports() -> None:
+def test_rules_read_only_metrics_the_service_exports(tmp_path: Path) -> None:
     """Every stream_scorer_* metric a rule reads is one the service registers (ScorerMetrics,
-    and the drift monitor's)."""
+    the drift monitor's and the promotion watcher's)."""
     registry = CollectorRegistry()
+    # The promotion counter is the watcher's own: build one on the shipped model.
+    reader = load_schema(REPO_ROOT / "schemas" / "transaction.avsc", "reader")
+    live = LiveModels(ModelSet(load_model(REPO_ROOT / "models" / "fraud" / "1", reader, 1)))
+    repo = ModelRepository(REPO_ROOT / "models", tmp_path / "state")
+    PromotionWatcher(repo, "fraud", "champion", live, lambda _: live.current.champion, "t", 1.0,
+                     registry)  # fmt: skip
     metrics = ScorerMetrics(registry)
     # Labelled metrics export samples only once a label set exists: create one of each.
     metrics.init_labels("tx", "fraud", "1")
