@@ -367,7 +367,8 @@ class Pipeline:
         self._log_rejects(rejected)
         self._observe(result, champion, decision, dropped)
         # Monitoring hook (issue 11): shadows, comparison, drift on the decoded batch, after
-        # the output is final; it never raises and never changes what is published.
+        # the output is final; it never raises and never changes what the champion publishes
+        # (the shadow topic's messages come after it).
         if self._monitor is not None:
             shadowed = self._monitor.observe(models, decoded, decision, stage_s, canary=whole)
             messages.extend(self._shadow_messages(decoded, shadowed, scored_time_ms))
@@ -379,11 +380,11 @@ class Pipeline:
         shadowed: list[tuple[LoadedModel, ModelDecision]],
         scored_time_ms: int,
     ) -> list[Outgoing]:
-        """The shadows' flagged events as alerts for the shadow topic (none without one), after
-        everything the
-        champion publishes (so its messages and their order never change). A flagged event
-        that does not decode whole is left out (its dead letter is the champion's business);
-        a failure here is counted as a monitoring error and the batch goes on without them."""
+        """The shadows' flagged events as alerts for the shadow topic (none without one),
+        after everything the champion publishes (so its messages and their order never
+        change). A flagged event that does not decode whole is left out (its dead letter is
+        the champion's business); a failure here is counted as a monitoring error and the
+        batch goes on without them."""
         if self._shadow_topic is None or not shadowed:
             return []
         assert self._monitor is not None  # noqa: S101 - shadows are scored by the monitor
