@@ -422,7 +422,8 @@ def build_runner(
         dead_letters=DeadLetterWriter(__version__, privacy, cipher),
         scores_topic=settings.topics.scores,
         score_encoder=score_encoder,
-        monitor=build_monitor(settings, registry),
+        monitor=build_monitor(settings, registry, live, encoder),
+        shadow_topic=settings.monitoring.shadow_topic,
     )
     log.info(
         "connecting",

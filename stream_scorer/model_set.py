@@ -135,7 +135,19 @@ class LiveModels:
         Safe from any thread: the pipeline reads :attr:`current` once at the start of a batch,
         so a batch is scored wholly by the old set or wholly by the new one.
         """
+        previous = self._swap(models, None)
+        assert previous is not None  # noqa: S101 - no expected set: always swapped
+        return previous
+
+    def replace_if(self, expected: ModelSet, models: ModelSet) -> bool:
+        """:meth:`replace`, only while ``expected`` still serves; False (nothing done) when
+        another swap came first (a rule acting on an old set must not undo a newer one)."""
+        return self._swap(models, expected) is not None
+
+    def _swap(self, models: ModelSet, expected: ModelSet | None) -> ModelSet | None:
         with self._lock:
+            if expected is not None and self._current is not expected:
+                return None
             previous, self._current = self._current, models
             self.swaps += 1
         if self._on_replace is not None:

@@ -42,6 +42,7 @@ from stream_scorer.flag import flag_scores
 from stream_scorer.materialise import materialise_alerts
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
+from stream_scorer.monitoring.canary import CanaryBatch
 from stream_scorer.monitoring.canary import split as canary_split
 from stream_scorer.monitoring.monitor import Monitor
 from stream_scorer.records import (
@@ -56,6 +57,7 @@ from stream_scorer.records import (
 )
 
 __all__ = [
+    "SHADOW_HEADER",
     "ModelDecision",
     "Pipeline",
     "decision_policy",
@@ -64,6 +66,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+#: Marks a shadow's alert on ``monitoring.shadow_topic``: it was never published as an alert.
+SHADOW_HEADER: tuple[str, bytes] = ("stream-scorer-role", b"shadow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +220,11 @@ def score_and_flag(
     )
 
 
+def _add_stages(stage_s: dict[str, float], more: dict[str, float]) -> None:
+    for stage, seconds in more.items():
+        stage_s[stage] = stage_s.get(stage, 0.0) + seconds
+
+
 def _dropped(
     decoded: DecodedBatch, decision: ModelDecision, unreadable: list[Rejected]
 ) -> NDArray[np.intp]:
@@ -270,13 +280,16 @@ class Pipeline:
         scores_topic: str | None = None,
         score_encoder: ScoreEncoder | None = None,
         monitor: Monitor | None = None,
+        shadow_topic: str | None = None,
     ) -> None:
         """Wire the stages together (``dead_letters`` carries the privacy policy and the
         payload cipher; plain dead letters when not given). With ``scores_topic`` and
         ``score_encoder``, every scored event also gets a score record on that topic (of the
         champion's rows). ``monitor`` watches shadows, comparison and drift
-        (:mod:`stream_scorer.monitoring`)."""
+        (:mod:`stream_scorer.monitoring`); with ``shadow_topic`` too, the shadows' flagged
+        events go there as alerts marked shadow (:data:`SHADOW_HEADER`)."""
         self._monitor = monitor
+        self._shadow_topic = shadow_topic
         if (scores_topic is None) != (score_encoder is None):
             msg = "a scores topic and a score encoder go together"
             raise ValueError(msg)
@@ -311,7 +324,7 @@ class Pipeline:
         rejected = list(decoded.rejected)
         stage_s["decode"] = time.perf_counter() - tick
 
-        deciders = self._decide(models, decoded, stage_s)
+        deciders, whole = self._decide(models, decoded, stage_s)
         decision = deciders[0][1]  # the champion's
         for _, decided in deciders:
             rejected.extend(decided.rejected)
@@ -354,10 +367,40 @@ class Pipeline:
         self._log_rejects(rejected)
         self._observe(result, champion, decision, dropped)
         # Monitoring hook (issue 11): shadows, comparison, drift on the decoded batch, after
-        # the output is final; it never raises and never changes what is published.
+        # the output is final; it never raises and never changes what the champion publishes
+        # (the shadow topic's messages come after it).
         if self._monitor is not None:
-            self._monitor.observe(models, decoded, decision, stage_s)
+            shadowed = self._monitor.observe(models, decoded, decision, stage_s, canary=whole)
+            messages.extend(self._shadow_messages(decoded, shadowed, scored_time_ms))
         return BatchOutput(batch, messages, result)
+
+    def _shadow_messages(
+        self,
+        decoded: DecodedBatch,
+        shadowed: list[tuple[LoadedModel, ModelDecision]],
+        scored_time_ms: int,
+    ) -> list[Outgoing]:
+        """The shadows' flagged events as alerts for the shadow topic (none without one),
+        after everything the champion publishes (so its messages and their order never
+        change). A flagged event that does not decode whole is left out (its dead letter is
+        the champion's business); a failure here is counted as a monitoring error and the
+        batch goes on without them."""
+        if self._shadow_topic is None or not shadowed:
+            return []
+        assert self._monitor is not None  # noqa: S101 - shadows are scored by the monitor
+        try:
+            out: list[Outgoing] = []
+            for model, decided in shadowed:
+                alerts, _ = _materialise(decoded, model, decided, scored_time_ms)
+                out.extend(
+                    (self._shadow_topic, key, value, [*headers, SHADOW_HEADER])
+                    for key, value, headers in self._encoder.encode_all(alerts)
+                )
+        except Exception:  # a shadow must never stop what the champion publishes
+            log.exception("shadow_topic_failed", models=[m.label for m, _ in shadowed])
+            self._monitor.count_error()
+            return []
+        return out
 
     def _dead_letter_messages(
         self, rejected: list[Rejected], deciders: list[tuple[LoadedModel, ModelDecision]]
@@ -375,25 +418,30 @@ class Pipeline:
 
     def _decide(
         self, models: ModelSet, decoded: DecodedBatch, stage_s: dict[str, float]
-    ) -> list[tuple[LoadedModel, ModelDecision]]:
+    ) -> tuple[list[tuple[LoadedModel, ModelDecision]], CanaryBatch | None]:
         """The models that decide this batch and what each decided, champion first.
 
         Canary hook (issue 11): the canary decides the events whose key hashes into its
-        share; the champion the rest.
+        share; the champion the rest. Both score the whole batch: the whole decisions (and
+        each model's own featurize + score time) go to the monitor's comparison and rules.
         """
         champion = models.champion
-        decision = score_and_flag(champion, decoded, stage_s)
+        champion_s: dict[str, float] = {}
+        decision = score_and_flag(champion, decoded, champion_s)
         if decision.bisected and self._metrics is not None:
             self._metrics.model_bisections.inc()
         if models.canary is None or models.canary_fraction <= 0:
-            return [(champion, decision)]
+            _add_stages(stage_s, champion_s)
+            return [(champion, decision)], None
+        canary_s: dict[str, float] = {}
+        whole = CanaryBatch(decision, score_and_flag(models.canary, decoded, canary_s),
+                            champion_s, canary_s)  # fmt: skip
+        _add_stages(stage_s, champion_s)
+        _add_stages(stage_s, canary_s)
         decision, canary_decision = canary_split(
-            decision,
-            score_and_flag(models.canary, decoded, stage_s),
-            decoded.records,
-            models.canary_fraction,
+            whole.champion, whole.canary, decoded.records, models.canary_fraction
         )
-        return [(champion, decision), (models.canary, canary_decision)]
+        return [(champion, decision), (models.canary, canary_decision)], whole
 
     def _score_messages(
         self,

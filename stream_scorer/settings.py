@@ -598,6 +598,10 @@ class MonitoringSettings(_Section):
     """Consecutive batches over budget before a shadow is dropped (with a warning)."""
     disagreements_per_minute: int = Field(default=10, ge=0)
     """Most ``model_disagreement`` log lines (the largest score differences) per minute."""
+    shadow_topic: str | None = Field(default=None, min_length=1)
+    """Topic the shadows' flagged events go to, in the alert schema, marked shadow (header
+    ``stream-scorer-role: shadow``, the shadow's model name and version); off when unset. In
+    exactly-once mode they are part of the batch's transaction."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -22,7 +22,15 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Scrape", "Snapshot", "quantile_from_buckets", "render", "run_top", "scrape"]
+__all__ = [
+    "Scrape",
+    "Snapshot",
+    "fetch",
+    "quantile_from_buckets",
+    "render",
+    "run_top",
+    "scrape",
+]
 
 #: Longest wait for one instance's /metrics.
 SCRAPE_TIMEOUT_S = 3.0
@@ -80,12 +88,21 @@ def parse(text: str) -> Snapshot:
     return snap
 
 
+def fetch(url: str) -> str:
+    """The text exposition of one instance's ``/metrics`` (``url`` is its base URL).
+
+    Raises:
+        urllib.error.URLError, OSError, ValueError: Unreachable, refused or not a URL.
+    """
+    target = url.rstrip("/") + "/metrics"
+    with urllib.request.urlopen(target, timeout=SCRAPE_TIMEOUT_S) as response:  # noqa: S310 - an operator's own endpoint
+        return str(response.read().decode("utf-8"))
+
+
 def scrape(url: str, clock: Callable[[], float] = time.monotonic) -> Scrape:
     """Scrape one instance's ``/metrics`` (``url`` is its base URL)."""
-    target = url.rstrip("/") + "/metrics"
     try:
-        with urllib.request.urlopen(target, timeout=SCRAPE_TIMEOUT_S) as response:  # noqa: S310 - an operator's own endpoint
-            text = response.read().decode("utf-8")
+        text = fetch(url)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return Scrape(url, clock(), None, str(reason))

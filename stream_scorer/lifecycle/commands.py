@@ -1,4 +1,4 @@
-"""``stream-scorer models ...``: list, show, card, validate, promote, rollback, history.
+"""``stream-scorer models ...``: list, show, card, validate, promote, rollback, history, compare.
 
 Exit codes follow the CLI's: 0 done, 1 a validation that failed, 2 a request that is refused
 or names nothing (unknown version, a promotion of an unvalidated version without --force).
@@ -73,6 +73,14 @@ def add_models_parser(
     add_config(history)
     history.add_argument("name", metavar="NAME", help="the model whose history to print")
     history.add_argument("--json", action="store_true", help="JSON lines")
+    compare = msub.add_parser(
+        "compare", help="live champion/challenger comparison of running instances (/metrics)"
+    )
+    add_config(compare)
+    compare.add_argument("--url", action="append", required=True, metavar="URL",
+                         help="an instance's metrics endpoint, http://HOST:PORT[/metrics]; "
+                              "repeat for several")  # fmt: skip
+    compare.add_argument("--json", action="store_true", help="JSON instead of the table")
 
 
 def _aliases_of(repo: ModelRepository, name: str, version: str) -> str:
@@ -173,6 +181,10 @@ def run_models(args: argparse.Namespace, settings: Settings, out: IO[str] = sys.
     Raises:
         ConfigurationError: Unknown model or version, bad reference, refused promotion.
     """
+    if args.models_command == "compare":  # reads the instances' /metrics, not the repository
+        from stream_scorer.monitoring.live_compare import run_compare  # noqa: PLC0415
+
+        return run_compare(args.url, args.json, out)
     repo = repository(settings)
     # watch = kafka: the aliases and the history of every host are on the control topic.
     catch_up(settings, repo)

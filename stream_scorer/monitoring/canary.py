@@ -27,10 +27,23 @@ from stream_scorer.records import SourceRecord
 if TYPE_CHECKING:  # the pipeline imports this package: no import cycle at run time
     from stream_scorer.pipeline import ModelDecision
 
-__all__ = ["BUCKETS", "in_canary", "routed", "split"]
+__all__ = ["BUCKETS", "CanaryBatch", "in_canary", "routed", "split"]
 
 #: Hash buckets a key falls in; the canary takes the first ``fraction * BUCKETS``.
 BUCKETS = 10_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CanaryBatch:
+    """What champion and canary each made of the whole batch, before :func:`split` (the
+    comparison and the canary's rollback rules judge them on the same events)."""
+
+    champion: ModelDecision
+    canary: ModelDecision
+    #: The champion's featurize / score / flag seconds on this batch.
+    champion_s: dict[str, float]
+    #: The canary's, on the same batch.
+    canary_s: dict[str, float]
 
 
 def in_canary(key: bytes | None, fraction: float) -> bool:

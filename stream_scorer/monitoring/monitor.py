@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
+from stream_scorer.monitoring.canary import CanaryBatch
+from stream_scorer.monitoring.canary_rollback import CanaryRollback
 from stream_scorer.monitoring.compare import ComparisonMetrics, Comparisons
 from stream_scorer.monitoring.drift import DriftConfig, DriftMetrics, DriftMonitor
 from stream_scorer.monitoring.shadow import ShadowBudget, ShadowMetrics, ShadowRunner
@@ -47,6 +49,7 @@ class Monitor:
         disagreements_per_minute: int = 10,
         drift_enabled: bool = True,
         drift_max_share: float = 0.05,
+        canary: CanaryRollback | None = None,
     ) -> None:
         """Monitor with the pipeline's scoring policy ``score``; metrics go to ``registry``.
 
@@ -58,7 +61,9 @@ class Monitor:
             disagreements_per_minute: Most ``model_disagreement`` log lines a minute.
             drift_enabled: Count drift windows at all.
             drift_max_share: Most drift time as a share of the pipeline's time (1: no cap).
+            canary: Counts the canary's batches and applies its rollback rules.
         """
+        self.canary = canary
         self.drift = (
             DriftMonitor(drift, None if registry is None else DriftMetrics(registry))
             if drift_enabled
@@ -102,14 +107,29 @@ class Monitor:
         decoded: DecodedBatch,
         decision: ModelDecision,
         stage_s: Mapping[str, float],
-    ) -> None:
-        """Monitor one batch the champion of ``models`` decided; never raises."""
+        canary: CanaryBatch | None = None,
+    ) -> list[tuple[LoadedModel, ModelDecision]]:
+        """Monitor one batch the champion of ``models`` decided; never raises.
+
+        With a canary, ``canary`` holds both models' decisions on the whole batch: the
+        champion's whole decision is what shadows and drift see, and the canary is compared
+        and judged by its rollback rules like a challenger.
+
+        Returns:
+            The shadows scored on this batch and their decisions (none once dropped), for the
+            optional shadow topic.
+        """
         try:
-            self._observe(models, decoded, decision, stage_s)
+            return self._observe(models, decoded, decision, stage_s, canary)
         except Exception:  # monitoring must never stop what is published
             log.exception("monitoring_failed", models=models.describe())
-            if self._errors is not None:
-                self._errors.inc()
+            self.count_error()
+            return []
+
+    def count_error(self) -> None:
+        """Count one batch on which monitoring failed (``stream_scorer_monitoring_errors``)."""
+        if self._errors is not None:
+            self._errors.inc()
 
     def _observe(
         self,
@@ -117,31 +137,55 @@ class Monitor:
         decoded: DecodedBatch,
         decision: ModelDecision,
         stage_s: Mapping[str, float],
-    ) -> None:
+        canary: CanaryBatch | None,
+    ) -> list[tuple[LoadedModel, ModelDecision]]:
         if models is not self._set:
             self._new_set(models)
         champion = models.champion
         champion_s = stage_s.get("featurize", 0.0) + stage_s.get("score", 0.0)
+        if canary is not None:  # the champion's own time, not the canary's added to it
+            champion_s = canary.champion_s.get("featurize", 0.0) + canary.champion_s.get(
+                "score", 0.0
+            )
         self._pipeline_s += sum(stage_s.values())
         drifts = [(champion, decision)]
+        if canary is not None and models.canary is not None:
+            drifts = self._observe_canary(models, decoded, canary)
+            decision = canary.champion
+        shadowed: list[tuple[LoadedModel, ModelDecision]] = []
         for shadow in models.shadows:
             shadow_decision = self.shadows.run(shadow, decoded, champion_s)
             if shadow_decision is None:
                 continue
             self.comparisons.observe(champion, decision, shadow, shadow_decision, decoded)
             drifts.append((shadow, shadow_decision))
+            shadowed.append((shadow, shadow_decision))
         if self.drift is None:
-            return
+            return shadowed
         if self._drift_s > self._drift_max_share * self._pipeline_s:
             self.drift_skipped += len(decoded.records)
             if self._skipped is not None:
                 self._skipped.inc(len(decoded.records))
-            return
+            return shadowed
         tick = time.perf_counter()
         for model, model_decision in drifts:
             self.drift.observe(model, decoded, model_decision)
         self._drift_s += time.perf_counter() - tick
         self.drift_counted += len(decoded.records)
+        return shadowed
+
+    def _observe_canary(
+        self, models: ModelSet, decoded: DecodedBatch, canary: CanaryBatch
+    ) -> list[tuple[LoadedModel, ModelDecision]]:
+        """Compare the canary with the champion on the whole batch and apply its rules; the
+        two whole decisions, for drift."""
+        assert models.canary is not None  # noqa: S101 - checked by the caller
+        self.comparisons.observe(
+            models.champion, canary.champion, models.canary, canary.canary, decoded
+        )
+        if self.canary is not None:
+            self.canary.observe(models, decoded, canary)
+        return [(models.champion, canary.champion), (models.canary, canary.canary)]
 
     def _new_set(self, models: ModelSet) -> None:
         # A replaced set: forget the models that left it (bounded state and label sets).
@@ -149,5 +193,6 @@ class Monitor:
         if self.drift is not None:
             self.drift.retain(models)
         self.shadows.retain(models.shadows)
-        self.comparisons.retain({(models.champion.label, s.label) for s in models.shadows})
+        challengers = [*models.shadows, *([] if models.canary is None else [models.canary])]
+        self.comparisons.retain({(models.champion.label, c.label) for c in challengers})
         log.info("monitoring_models", **models.describe())

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 
+from stream_scorer.encode import AlertEncoder
 from stream_scorer.errors import ConfigurationError
-from stream_scorer.model_set import LoadedModel
+from stream_scorer.lifecycle.repository import HistoryEntry, default_instance_id
+from stream_scorer.lifecycle.watcher import RollbackRules
+from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
+from stream_scorer.monitoring.canary_rollback import CanaryMetrics, CanaryRollback
 from stream_scorer.monitoring.drift import DriftConfig
 from stream_scorer.monitoring.monitor import Monitor
 from stream_scorer.monitoring.shadow import ShadowBudget
 from stream_scorer.pipeline import score_and_flag
 from stream_scorer.settings import Settings
 
-__all__ = ["build_monitor", "check_shadows"]
+__all__ = ["build_canary_rollback", "build_monitor", "check_shadow_topic", "check_shadows"]
 
 
 def check_shadows(champion: LoadedModel, shadows: tuple[LoadedModel, ...]) -> None:
@@ -33,11 +40,77 @@ def check_shadows(champion: LoadedModel, shadows: tuple[LoadedModel, ...]) -> No
         seen.add(shadow.label)
 
 
-def build_monitor(settings: Settings, registry: CollectorRegistry | None) -> Monitor | None:
+def check_shadow_topic(settings: Settings, models: ModelSet, encoder: AlertEncoder) -> None:
+    """With ``monitoring.shadow_topic``, each shadow's alerts are written in the alert schema:
+    its published bands must be symbols of it, as the champion's are.
+
+    Raises:
+        ConfigurationError: A shadow's policy does not fit the alert schema.
+    """
+    if settings.monitoring.shadow_topic is None:
+        return
+    for shadow in models.shadows:
+        encoder.check_policy(shadow.card.policy, shadow.label)
+
+
+def _history(settings: Settings) -> Callable[[HistoryEntry], None] | None:
+    """The lifecycle repository's ``record`` when it holds the canary's version folder
+    (``<lifecycle.repository>/<name>/<version>``), else None (a canary from elsewhere has no
+    history to write to)."""
+    canary = settings.monitoring.canary
+    if canary is None:
+        return None
+    from stream_scorer.lifecycle.service import repository  # noqa: PLC0415 - Kafka clients
+
+    repo = repository(settings)
+    if Path(canary).resolve().parent.parent != repo.root.resolve():
+        return None
+    return repo.record
+
+
+def build_canary_rollback(
+    settings: Settings, registry: CollectorRegistry | None, live: LiveModels | None
+) -> CanaryRollback:
+    """The canary's rollback by the lifecycle's rules (``[lifecycle] rollback_*``); counting
+    only when ``lifecycle.auto_rollback`` is off."""
+    lifecycle = settings.lifecycle
+    rules = (
+        RollbackRules(
+            lifecycle.watch_period_s,
+            lifecycle.rollback_min_events,
+            lifecycle.rollback_alert_rate_ratio,
+            lifecycle.rollback_latency_ratio,
+            lifecycle.rollback_max_bisections,
+        )
+        if lifecycle.auto_rollback
+        else None
+    )
+    return CanaryRollback(
+        live,
+        rules,
+        None if registry is None else CanaryMetrics(registry),
+        _history(settings),
+        lifecycle.instance_id or default_instance_id(),
+    )
+
+
+def build_monitor(
+    settings: Settings,
+    registry: CollectorRegistry | None,
+    live: LiveModels | None = None,
+    encoder: AlertEncoder | None = None,
+) -> Monitor | None:
     """The monitor for ``settings.monitoring``, or None when drift is off and there are no
-    shadows (nothing to do per batch)."""
+    shadows and no canary (nothing to do per batch). ``live`` is the set a canary that breaks
+    a rollback rule is removed from; ``encoder`` the alert encoder the shadow topic uses.
+
+    Raises:
+        ConfigurationError: A shadow's policy does not fit the alert schema (shadow topic).
+    """
     m = settings.monitoring
-    if not m.drift and not m.shadows:
+    if live is not None and encoder is not None:
+        check_shadow_topic(settings, live.current, encoder)
+    if not m.drift and not m.shadows and m.canary is None:
         return None
     drift = DriftConfig(
         window_events=m.window_events,
@@ -57,4 +130,5 @@ def build_monitor(settings: Settings, registry: CollectorRegistry | None) -> Mon
         m.disagreements_per_minute,
         drift_enabled=m.drift,
         drift_max_share=m.drift_max_share,
+        canary=None if m.canary is None else build_canary_rollback(settings, registry, live),
     )
