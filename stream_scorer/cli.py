@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import json
 import os
 import signal
 import sys
@@ -32,7 +34,7 @@ import structlog
 
 from stream_scorer import __version__
 from stream_scorer.errors import ConfigurationError, FatalError
-from stream_scorer.logging import configure_logging
+from stream_scorer.logging import configure_logging, json_output
 from stream_scorer.settings import ENV_PREFIX, Settings, load_settings, resource_root
 
 __all__ = ["main"]
@@ -339,6 +341,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return early
     settings = _settings(args)
     configure_logging(settings.log.level, settings.log.format)
+    args.log_json = json_output()  # this command's stderr is JSON lines from here on
     if command == "config":
         return _check(settings)
     if command == "models":
@@ -420,6 +423,34 @@ def _quiet_broken_pipe() -> int:
     return EXIT_OK
 
 
+#: Commands whose stderr is the service's log stream: their last error line follows its format.
+_LOG_STREAM_COMMANDS = frozenset({"run"})
+
+
+def _fail(kind: str, error: object, code: int, args: argparse.Namespace) -> int:
+    """Write the one line a failed command ends with, and return its exit code.
+
+    Plain text (``stream-scorer: <kind>: <error>``); for the service (``run``) logging JSON
+    lines, a JSON object with the same content, so a log shipper parses the last line like
+    every other. Interactive commands keep the plain line for the person reading it, and so
+    does an error found before logging was configured (a bad configuration).
+    """
+    if args.command in _LOG_STREAM_COMMANDS and getattr(args, "log_json", False):
+        line = {
+            "event": "command_failed",
+            "level": "error",
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+            "kind": kind,
+            "exit_code": code,
+        }
+        if error is not None:
+            line["error"] = str(error)
+        sys.stderr.write(json.dumps(line) + "\n")
+    else:
+        sys.stderr.write(f"stream-scorer: {kind}" + ("" if error is None else f": {error}") + "\n")
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the command, and map errors to exit codes (module docstring)."""
     args = _parser().parse_args(argv)
@@ -428,24 +459,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Flush here, not at interpreter exit, so a closed pipe is caught below.
         sys.stdout.flush()
     except InputError as exc:
-        sys.stderr.write(f"stream-scorer: input error: {exc}\n")
-        return EXIT_CONFIG
+        return _fail("input error", exc, EXIT_CONFIG, args)
     except ConfigurationError as exc:
-        sys.stderr.write(f"stream-scorer: configuration error: {exc}\n")
-        return EXIT_CONFIG
+        return _fail("configuration error", exc, EXIT_CONFIG, args)
     except FatalError as exc:
-        sys.stderr.write(f"stream-scorer: fatal: {exc}\n")
-        return EXIT_FATAL
+        return _fail("fatal", exc, EXIT_FATAL, args)
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
-        sys.stderr.write("stream-scorer: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _fail("interrupted", None, EXIT_INTERRUPTED, args)
     except Exception as exc:  # the last resort: one line, never a traceback
         log.debug("unexpected_error", exc_info=True)
-        sys.stderr.write(
-            f"stream-scorer: unexpected error: {type(exc).__name__}: {exc} "
-            "(--log-level debug logs the traceback)\n"
+        return _fail(
+            "unexpected error",
+            f"{type(exc).__name__}: {exc} (--log-level debug logs the traceback)",
+            EXIT_FATAL,
+            args,
         )
-        return EXIT_FATAL
     return code

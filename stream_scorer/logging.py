@@ -43,6 +43,7 @@ __all__ = [
     "LineLogger",
     "RepeatLimiter",
     "configure_logging",
+    "json_output",
     "librdkafka_logger",
 ]
 
@@ -196,6 +197,15 @@ def librdkafka_logger() -> logging.Logger:
     return logger
 
 
+#: Whether the last :func:`configure_logging` chose JSON lines (read by :func:`json_output`).
+_json_output = False
+
+
+def json_output() -> bool:
+    """Whether log lines are JSON: then the CLI's last error line is JSON too."""
+    return _json_output
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -210,7 +220,9 @@ def configure_logging(
         cache: Cache loggers on first use (off in tests, so reconfiguring works).
         repeat_interval_s: One line per kind of repeated client error per this many seconds.
     """
+    global _json_output  # noqa: PLW0603 - one process, one log format
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _json_output = use_json
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
