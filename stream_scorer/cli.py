@@ -180,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         "-o",
         type=Path,
         default=None,
-        help=".avro or .jsonl file (default: JSON lines on stdout)",
+        help=".avro (Avro container) or .jsonl file (default: JSON lines on stdout)",
     )
 
     top = sub.add_parser(
@@ -372,6 +372,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from stream_scorer.offline import score_file  # noqa: PLC0415
 
         _check_avro_file(args.input)
+        if args.output is not None:
+            _check_output_file(args.output)
         reader = load_schema(settings.schema_.reader, "schema.reader")
         model = load_model(settings, reader)
         fields = event_fields(settings, model.card, reader)
@@ -406,6 +408,40 @@ def _check_avro_file(path: Path) -> None:
         raise InputError(msg) from exc
     if magic != AVRO_MAGIC:
         msg = f"score-file: {path} is not an Avro object container file (no 'Obj\\x01' header)"
+        raise InputError(msg)
+
+
+#: Suffixes ``score-file --output`` writes: an Avro container, or JSON lines.
+OUTPUT_SUFFIXES = (".avro", ".jsonl", ".ndjson", ".json")
+
+
+def _check_output_file(path: Path) -> None:
+    """Refuse an output ``score-file`` could not write, before scoring anything.
+
+    A device or pipe (``/dev/null``, ``/dev/stdout``, a FIFO) takes JSON lines whatever its name.
+
+    Raises:
+        InputError: Its suffix names no format it writes, or its folder is missing or not
+            writable.
+    """
+    if path.exists() and not path.is_file() and not path.is_dir():
+        if not os.access(path, os.W_OK):
+            msg = f"score-file: --output {path}: not writable"
+            raise InputError(msg)
+        return
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        msg = (
+            f"score-file: --output {path}: unknown format {path.suffix or '(no suffix)'}; "
+            f"use one of {', '.join(OUTPUT_SUFFIXES)} (.avro writes an Avro container, the "
+            "others JSON lines)"
+        )
+        raise InputError(msg)
+    folder = path.parent
+    if not folder.is_dir():
+        msg = f"score-file: --output {path}: folder {folder} does not exist"
+        raise InputError(msg)
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        msg = f"score-file: --output {path}: not writable"
         raise InputError(msg)
 
 

@@ -165,7 +165,7 @@ def score_file(
     with source.open("rb") as fh:
         events: Iterable[dict[str, Any]] = fastavro.reader(fh)  # type: ignore[assignment]  # records of a record schema are dicts
         results = counted(score_events(events, model, batch_size, fields))
-        if isinstance(out, Path) and out.suffix == ".avro":
+        if isinstance(out, Path) and out.suffix.lower() == ".avro":
             with out.open("wb") as avro_sink:
                 fastavro.writer(avro_sink, fastavro.parse_schema(SCORE_SCHEMA), results)
         elif isinstance(out, Path):

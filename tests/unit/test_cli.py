@@ -295,6 +295,39 @@ def test_score_file_on_a_non_avro_file_exits_2(
     assert f"{text} is not an Avro object container file" in err
 
 
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("absent-folder/out.jsonl", "does not exist"),
+        ("out.csv", "unknown format .csv"),
+        ("out", "unknown format (no suffix)"),
+    ],
+)
+def test_score_file_refuses_an_output_it_cannot_write_before_scoring(
+    write_config: WriteConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    says: str,
+) -> None:
+    """`score-file -o` into a missing folder or an unknown format: one line naming the output,
+    exit 2, and no model loaded (checked before anything is scored)."""
+    events = _avro_file(
+        tmp_path / "events.avro", json.loads((SCHEMAS / "transaction.avsc").read_text()), 3
+    )
+    target = tmp_path / output
+
+    code = cli.main(["score-file", "--config", str(write_config()), str(events), "-o", str(target)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith(f"stream-scorer: input error: score-file: --output {target}: "), err
+    assert says in err
+    assert "model_loaded" not in err
+    assert not target.exists()
+
+
 def _avro_file(path: Path, schema: dict[str, Any], count: int) -> Path:
     events, _ = TransactionGenerator(seed=5).generate(count)
     with path.open("wb") as fh:
