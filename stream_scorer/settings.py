@@ -344,7 +344,8 @@ class LifecycleSettings(_Section):
     """Folder of ``<name>/<version>/`` model folders."""
     state_dir: Path | None = None
     """Where aliases, validation results and the history are kept; default
-    ``<repository>/.lifecycle``."""
+    ``<repository>/.lifecycle``, or ``$XDG_STATE_HOME/stream-scorer`` for the models shipped in
+    an installed package (state is never written into site-packages)."""
     watch: Literal["off", "file", "kafka"] = "off"
     """``file``: the service follows ``alias`` of its model in ``state_dir`` and swaps the live
     model between batches when it moves (single instance or a shared volume); ``kafka``: the

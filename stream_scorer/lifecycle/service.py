@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,16 +14,33 @@ from stream_scorer.lifecycle.control import ControlFollower, ControlTopic
 from stream_scorer.lifecycle.repository import HistoryEntry, ModelRepository, default_instance_id
 from stream_scorer.lifecycle.watcher import PromotionWatcher, RollbackRules
 from stream_scorer.model_set import LiveModels, LoadedModel, load_model
-from stream_scorer.settings import Settings
+from stream_scorer.settings import LifecycleSettings, Settings, resource_root
 
-__all__ = ["catch_up", "repository", "start_watcher"]
+__all__ = ["catch_up", "repository", "start_watcher", "state_dir"]
+
+
+def state_dir(lifecycle: LifecycleSettings) -> Path:
+    """Where aliases, validation results and the history live.
+
+    ``lifecycle.state_dir`` when set; else ``<repository>/.lifecycle``, except for the models
+    shipped inside an installed package: state is never written into site-packages (or an
+    image's read-only ``/app``), but under ``$XDG_STATE_HOME/stream-scorer`` (by default
+    ``~/.local/state/stream-scorer``).
+    """
+    if lifecycle.state_dir is not None:
+        return lifecycle.state_dir
+    root = resource_root()
+    if root.name == "resources" and lifecycle.repository.resolve().is_relative_to(root):
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "stream-scorer"
+    return lifecycle.repository / ".lifecycle"
 
 
 def repository(settings: Settings) -> ModelRepository:
     """The repository the settings name; with ``watch = "kafka"`` alias changes are published."""
     lifecycle = settings.lifecycle
     if lifecycle.watch != "kafka":
-        return ModelRepository(lifecycle.repository, lifecycle.state_dir)
+        return ModelRepository(lifecycle.repository, state_dir(lifecycle))
     control = ControlTopic(settings.kafka.client_config(), lifecycle.control_topic)
     created: list[bool] = []
 
@@ -38,7 +56,7 @@ def repository(settings: Settings) -> ModelRepository:
             created.append(True)
         control.publish_entry(entry)
 
-    return ModelRepository(lifecycle.repository, lifecycle.state_dir, publish, publish_entry)
+    return ModelRepository(lifecycle.repository, state_dir(lifecycle), publish, publish_entry)
 
 
 def catch_up(settings: Settings, repo: ModelRepository) -> None:
