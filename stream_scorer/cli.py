@@ -334,13 +334,25 @@ def _without_settings(args: argparse.Namespace) -> int | None:
     return None
 
 
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """``log.level``, but ``warning`` for ``config check`` unless ``--log-level`` asks.
+
+    A check prints its report on stdout; the service's info lines (``model_loaded``, ...) would
+    only be noise around it.
+    """
+    level = settings.log.level
+    if args.command == "config" and not getattr(args, "log_level", None) and level == "info":
+        return "warning"
+    return level
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     early = _without_settings(args)
     if early is not None:
         return early
     settings = _settings(args)
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(_log_level(args, settings), settings.log.format)
     args.log_json = json_output()  # this command's stderr is JSON lines from here on
     if command == "config":
         return _check(settings)

@@ -91,6 +91,19 @@ def test_config_check_passes_with_plain_wire_format(
     assert "wire format plain" in out
 
 
+def test_config_check_prints_no_info_log_lines_unless_asked(
+    write_config: WriteConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config check` keeps stderr free of the service's info lines; --log-level info shows them."""
+    assert cli.main(["config", "check", "--config", str(write_config())]) == 0
+    assert capsys.readouterr().err == ""
+
+    assert (
+        cli.main(["config", "check", "--config", str(write_config()), "--log-level", "info"]) == 0
+    )
+    assert "model_loaded" in capsys.readouterr().err
+
+
 def test_config_check_does_not_contact_the_registry(
     write_config: WriteConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
