@@ -277,6 +277,7 @@ class Pipeline:
         champion's rows). ``monitor`` watches shadows, comparison and drift
         (:mod:`stream_scorer.monitoring`)."""
         self._monitor = monitor
+        self._monitor_fields = () if monitor is None else monitor.needed_fields
         if (scores_topic is None) != (score_encoder is None):
             msg = "a scores topic and a score encoder go together"
             raise ValueError(msg)
@@ -307,6 +308,7 @@ class Pipeline:
         fields = models.fields
         if self._score_encoder is not None:  # score records name every event's id and key
             fields = tuple(dict.fromkeys((*fields, *self._score_encoder.needed_fields())))
+        fields = tuple(dict.fromkeys((*fields, *self._monitor_fields)))  # labels need the ids
         decoded = self._decoder.decode(cast(Sequence[SourceRecord], batch), fields)
         rejected = list(decoded.rejected)
         stage_s["decode"] = time.perf_counter() - tick
@@ -356,7 +358,7 @@ class Pipeline:
         # Monitoring hook (issue 11): shadows, comparison, drift on the decoded batch, after
         # the output is final; it never raises and never changes what is published.
         if self._monitor is not None:
-            self._monitor.observe(models, decoded, decision, stage_s)
+            self._monitor.observe(models, decoded, decision, stage_s, deciders[1:])
         return BatchOutput(batch, messages, result)
 
     def _dead_letter_messages(

@@ -10,19 +10,25 @@ Drift has a cost cap: it counts a batch only while its time so far is at most
 batches are skipped (``stream_scorer_drift_records_skipped_total``) until it is back within
 its share. Which batches are skipped depends on timing, never on their content, so the
 windows remain unbiased samples of the stream; ``drift_max_share = 1`` counts every batch.
+
+With a labels topic, it also records each batch's decisions (the champion's rows and the
+canary's share) into the label join (:mod:`stream_scorer.monitoring.labels`), which matches
+them with labels as they arrive.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from stream_scorer.monitoring.compare import ComparisonMetrics, Comparisons
 from stream_scorer.monitoring.drift import DriftConfig, DriftMetrics, DriftMonitor
+from stream_scorer.monitoring.labels import LabelJoin, event_hashes
 from stream_scorer.monitoring.shadow import ShadowBudget, ShadowMetrics, ShadowRunner
 from stream_scorer.records import DecodedBatch
 
@@ -47,6 +53,8 @@ class Monitor:
         disagreements_per_minute: int = 10,
         drift_enabled: bool = True,
         drift_max_share: float = 0.05,
+        labels: LabelJoin | None = None,
+        id_field: str | None = None,
     ) -> None:
         """Monitor with the pipeline's scoring policy ``score``; metrics go to ``registry``.
 
@@ -58,6 +66,9 @@ class Monitor:
             disagreements_per_minute: Most ``model_disagreement`` log lines a minute.
             drift_enabled: Count drift windows at all.
             drift_max_share: Most drift time as a share of the pipeline's time (1: no cap).
+            labels: The label join the deciding models' rows are recorded into (None: off).
+            id_field: Input field holding the event id (None: ``topic[partition]@offset``),
+                the id alerts and score records carry and labels name.
         """
         self.drift = (
             DriftMonitor(drift, None if registry is None else DriftMetrics(registry))
@@ -88,6 +99,8 @@ class Monitor:
                 registry=registry,
             )
         )
+        self.labels = labels
+        self._id_field = id_field
         self._set: ModelSet | None = None
         self._drift_max_share = drift_max_share
         self._drift_s = 0.0
@@ -96,15 +109,24 @@ class Monitor:
         self.drift_counted = 0
         self.drift_skipped = 0
 
+    @property
+    def needed_fields(self) -> tuple[str, ...]:
+        """Input fields the monitor reads beyond the models' own: the event id, for labels."""
+        return () if self.labels is None or self._id_field is None else (self._id_field,)
+
     def observe(
         self,
         models: ModelSet,
         decoded: DecodedBatch,
         decision: ModelDecision,
         stage_s: Mapping[str, float],
+        others: Sequence[tuple[LoadedModel, ModelDecision]] = (),
     ) -> None:
-        """Monitor one batch the champion of ``models`` decided; never raises."""
+        """Monitor one batch the champion of ``models`` decided; the other models that decided
+        a share of it (the canary) and their decisions are ``others``. Never raises."""
         try:
+            if self.labels is not None:
+                self._record_labels(models, decoded, [(models.champion, decision), *others])
             self._observe(models, decoded, decision, stage_s)
         except Exception:  # monitoring must never stop what is published
             log.exception("monitoring_failed", models=models.describe())
@@ -142,6 +164,30 @@ class Monitor:
             self.drift.observe(model, decoded, model_decision)
         self._drift_s += time.perf_counter() - tick
         self.drift_counted += len(decoded.records)
+
+    def _record_labels(
+        self,
+        models: ModelSet,
+        decoded: DecodedBatch,
+        deciders: Sequence[tuple[LoadedModel, ModelDecision]],
+    ) -> None:
+        assert self.labels is not None  # noqa: S101 - the caller checks
+        if models is not self._set:
+            self.labels.retain({
+                (m.name, m.version)
+                for m in (models.champion, models.canary)
+                if m is not None
+            })  # fmt: skip
+        for model, decided in deciders:
+            flagged = np.zeros(len(decided.rows), dtype=np.bool_)
+            flagged[decided.flagged] = True
+            self.labels.record(
+                model.name,
+                model.version,
+                event_hashes(decoded, decided.rows, self._id_field),
+                flagged,
+                decided.scores,
+            )
 
     def _new_set(self, models: ModelSet) -> None:
         # A replaced set: forget the models that left it (bounded state and label sets).
