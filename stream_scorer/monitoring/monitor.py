@@ -101,6 +101,7 @@ class Monitor:
         )
         self.labels = labels
         self._id_field = id_field
+        self._labels_set: ModelSet | None = None
         self._set: ModelSet | None = None
         self._drift_max_share = drift_max_share
         self._drift_s = 0.0
@@ -124,14 +125,19 @@ class Monitor:
     ) -> None:
         """Monitor one batch the champion of ``models`` decided; the other models that decided
         a share of it (the canary) and their decisions are ``others``. Never raises."""
-        try:
-            if self.labels is not None:
-                self._record_labels(models, decoded, [(models.champion, decision), *others])
-            self._observe(models, decoded, decision, stage_s)
-        except Exception:  # monitoring must never stop what is published
-            log.exception("monitoring_failed", models=models.describe())
-            if self._errors is not None:
-                self._errors.inc()
+        parts: list[Callable[[], None]] = [
+            lambda: self._observe(models, decoded, decision, stage_s)
+        ]
+        if self.labels is not None:
+            deciders = [(models.champion, decision), *others]
+            parts.append(lambda: self._record_labels(models, decoded, deciders))
+        for part in parts:  # one failing part does not skip the other
+            try:
+                part()
+            except Exception:  # monitoring must never stop what is published
+                log.exception("monitoring_failed", models=models.describe())
+                if self._errors is not None:
+                    self._errors.inc()
 
     def _observe(
         self,
@@ -172,7 +178,8 @@ class Monitor:
         deciders: Sequence[tuple[LoadedModel, ModelDecision]],
     ) -> None:
         assert self.labels is not None  # noqa: S101 - the caller checks
-        if models is not self._set:
+        if models is not self._labels_set:
+            self._labels_set = models
             self.labels.retain({
                 (m.name, m.version)
                 for m in (models.champion, models.canary)

@@ -609,3 +609,30 @@ def test_bad_labels_are_counted_and_logged_with_coordinates() -> None:
     assert _sample(registry, "stream_scorer_labels_dropped_total", reason="invalid") == 1
     assert _sample(registry, "stream_scorer_labels_received_total") == 2
     assert join.report()["fraud/1"]["tp"] == 1
+
+
+def test_a_failing_label_join_never_stops_drift_or_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in the label join is logged and counted; drift still counts the batch."""
+    model = load_model(FRAUD_MODEL, READER)
+    events, _ = TransactionGenerator(seed=8).generate(200)
+    registry = CollectorRegistry()
+    settings = load_settings(None, {"labels": {"topic": "labels"}}, environ={})
+    monitor = build_monitor(settings, registry, "transaction_id")
+    assert monitor is not None and monitor.labels is not None
+
+    def broken(*args: Any) -> None:
+        msg = "join bug"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(monitor.labels, "record", broken)
+    decoded = DecodedBatch.from_events(
+        [Event(SourceRecord("t", 0, i, None, None), e) for i, e in enumerate(events)],
+        (*model.features.fields, "transaction_id"),
+    )
+    with capture_logs() as logs:
+        monitor.observe(ModelSet(model), decoded, score_and_flag(model, decoded), {"score": 1.0})
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["monitoring_failed"]
+    assert registry.get_sample_value("stream_scorer_monitoring_errors_total") == 1
+    assert monitor.drift_counted == 200
