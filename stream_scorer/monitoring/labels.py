@@ -54,7 +54,7 @@ from stream_scorer.decode.columnar import BytesColumn
 from stream_scorer.errors import DecodeError, FatalError
 
 if TYPE_CHECKING:  # the pipeline imports this package: no import cycle at run time
-    from confluent_kafka import Consumer, Message
+    from confluent_kafka import Message
 
     from stream_scorer.decode.framing import Framing
     from stream_scorer.records import DecodedBatch
@@ -753,7 +753,6 @@ class LabelsConsumer:
         topic: str,
         parser: LabelParser,
         join: LabelJoin,
-        consumer_factory: Callable[[dict[str, Any]], Consumer] | None = None,
     ) -> None:
         """Prepare; nothing connects before :meth:`start`.
 
@@ -762,18 +761,14 @@ class LabelsConsumer:
             topic: The labels topic.
             parser: Reads each label.
             join: Where labels go.
-            consumer_factory: Builds the consumer (tests may pass another).
         """
         self._config = dict(config)
         self._topic = topic
         self._parser = parser
         self._join = join
-        self._factory = consumer_factory
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._invalid_logged: list[float] = []
-        #: Set once the consumer has been assigned partitions of the labels topic.
-        self.assigned = threading.Event()
         #: Why the thread stopped, if it failed.
         self.error: BaseException | None = None
 
@@ -789,14 +784,11 @@ class LabelsConsumer:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        if self._factory is not None:
-            consumer = self._factory(self._config)
-        else:
-            from confluent_kafka import Consumer  # noqa: PLC0415 - only where labels are on
+        from confluent_kafka import Consumer  # noqa: PLC0415 - imported only where labels are on
 
-            consumer = Consumer(self._config)
+        consumer = Consumer(self._config)
         try:
-            consumer.subscribe([self._topic], on_assign=lambda _c, _p: self.assigned.set())
+            consumer.subscribe([self._topic])
             log.info("labels_consumer_started", topic=self._topic, group=self._config["group.id"])
             while not self._stop.is_set():
                 messages = consumer.consume(_LABELS_PER_POLL, _POLL_S)
