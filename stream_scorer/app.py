@@ -46,7 +46,7 @@ from stream_scorer.metrics import EndpointSecurity, Health, MetricsServer, Score
 from stream_scorer.model_card import ModelCard
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
 from stream_scorer.model_set import load_model as load_model_folder
-from stream_scorer.monitoring.setup import build_monitor, check_shadows
+from stream_scorer.monitoring.setup import build_labels_consumer, build_monitor, check_shadows
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.privacy import PayloadCipher, PrivacyPolicy, Pseudonymiser, decode_key
 from stream_scorer.records import BatchResult
@@ -422,7 +422,8 @@ def build_runner(
         dead_letters=DeadLetterWriter(__version__, privacy, cipher),
         scores_topic=settings.topics.scores,
         score_encoder=score_encoder,
-        monitor=build_monitor(settings, registry, live, encoder),
+        # labels.topic: the monitor also records decisions into the label join.
+        monitor=(monitor := build_monitor(settings, registry, live, encoder, fields.id_field)),
         shadow_topic=settings.monitoring.shadow_topic,
     )
     log.info(
@@ -512,5 +513,10 @@ def build_runner(
         tracer=build_tracer(
             settings.tracing.enabled, settings.tracing.exporter, settings.tracing.service_name
         ),
-    )
+        # The labels topic's own consumer thread and group (labels.topic unset: none).
+        labels=build_labels_consumer(
+            settings, monitor, schema_registry,
+            {**client, "logger": kafka_log, "error_cb": on_kafka_error},
+        ),
+    )  # fmt: skip
     return runner

@@ -290,6 +290,7 @@ class Pipeline:
         events go there as alerts marked shadow (:data:`SHADOW_HEADER`)."""
         self._monitor = monitor
         self._shadow_topic = shadow_topic
+        self._monitor_fields = () if monitor is None else monitor.needed_fields
         if (scores_topic is None) != (score_encoder is None):
             msg = "a scores topic and a score encoder go together"
             raise ValueError(msg)
@@ -317,10 +318,9 @@ class Pipeline:
         champion = models.champion
         stage_s = result.stage_s
         tick = time.perf_counter()
-        fields = models.fields
-        if self._score_encoder is not None:  # score records name every event's id and key
-            fields = tuple(dict.fromkeys((*fields, *self._score_encoder.needed_fields())))
-        decoded = self._decoder.decode(cast(Sequence[SourceRecord], batch), fields)
+        decoded = self._decoder.decode(
+            cast(Sequence[SourceRecord], batch), self._decode_fields(models)
+        )
         rejected = list(decoded.rejected)
         stage_s["decode"] = time.perf_counter() - tick
 
@@ -370,9 +370,21 @@ class Pipeline:
         # the output is final; it never raises and never changes what the champion publishes
         # (the shadow topic's messages come after it).
         if self._monitor is not None:
-            shadowed = self._monitor.observe(models, decoded, decision, stage_s, canary=whole)
+            shadowed = self._monitor.observe(
+                models, decoded, decision, stage_s, canary=whole, others=deciders[1:]
+            )
             messages.extend(self._shadow_messages(decoded, shadowed, scored_time_ms))
         return BatchOutput(batch, messages, result)
+
+    def _decode_fields(self, models: ModelSet) -> tuple[str, ...]:
+        """The fields decode gathers: the set's models', plus the event id and key when score
+        records are written, plus the event id when labels are joined."""
+        fields = models.fields
+        if self._score_encoder is not None:  # score records name every event's id and key
+            fields = (*fields, *self._score_encoder.needed_fields())
+        if self._monitor_fields:  # labels name events by their id
+            fields = (*fields, *self._monitor_fields)
+        return tuple(dict.fromkeys(fields)) if len(fields) > len(models.fields) else fields
 
     def _shadow_messages(
         self,

@@ -32,6 +32,7 @@ from stream_scorer.delivery.commit import partition_spans
 from stream_scorer.errors import FatalError
 from stream_scorer.metrics import Health, MetricsServer, ScorerMetrics
 from stream_scorer.model_set import LiveModels
+from stream_scorer.monitoring.labels import LabelsConsumer
 from stream_scorer.pipeline import Pipeline
 from stream_scorer.records import BatchResult
 from stream_scorer.tracing import NO_TRACER, BatchTracer
@@ -89,6 +90,7 @@ class Runner:
         liveness_timeout_s: float = 180.0,
         clock: Callable[[], float] = time.monotonic,
         tracer: BatchTracer = NO_TRACER,
+        labels: LabelsConsumer | None = None,
     ) -> None:
         """Hold the collaborators; touches no Kafka yet.
 
@@ -106,6 +108,7 @@ class Runner:
                 batch has completed this long while the consumer reports lag.
             clock: Monotonic clock of the watchdog (tests move it).
             tracer: Opens a span per batch (no-op unless tracing is on).
+            labels: The labels topic's consumer thread, started and stopped with the loop.
         """
         self.consumer = consumer
         self.pipeline = pipeline
@@ -120,6 +123,7 @@ class Runner:
         self.totals = Totals()
         self.metrics_server: MetricsServer | None = None
         self._tracer = tracer
+        self.labels = labels
         self._liveness_timeout_s = liveness_timeout_s
         self._clock = clock
         #: Monotonic time the loop last started an iteration (read by the stall watchdog) ...
@@ -194,6 +198,8 @@ class Runner:
         )
         try:
             self.delivery.start()
+            if self.labels is not None:  # its own thread and group: never the main consumer's
+                self.labels.start()
             self.consumer.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke)
             self._set_ready(True, "consuming")
             watchdog.start()
@@ -316,6 +322,8 @@ class Runner:
         self._set_ready(True, "consuming")
 
     def _shutdown(self, clean: bool) -> None:
+        if self.labels is not None:
+            self.labels.close()
         self.delivery.close(clean)
         # Leaves the group; uncommitted batches are replayed by the next owner.
         self.consumer.close()

@@ -63,6 +63,7 @@ __all__ = [
     "BatchSettings",
     "DeliverySettings",
     "KafkaSettings",
+    "LabelSettings",
     "LifecycleSettings",
     "LogSettings",
     "MetricsSettings",
@@ -618,6 +619,57 @@ class MonitoringSettings(_Section):
         return self
 
 
+class LabelSettings(_Section):
+    """Performance after labels: the labels topic, its format and the join's bounds (issue 11)."""
+
+    topic: str | None = None
+    """Topic of labels (event id -> outcome), read by a consumer of its own; unset: off."""
+    group_id: str | None = None
+    """Consumer group of the labels consumer (default ``<kafka.group_id>-labels``); it never
+    touches the main group or its offsets."""
+    offset_reset: Literal["latest", "earliest"] = "latest"
+    """Where a new labels group starts: ``latest`` skips labels of events scored before any
+    instance ran (they could match nothing)."""
+    format: Literal["json", "avro"] = "json"
+    """``json``: a JSON object value; ``avro``: Confluent-framed Avro (writer schema from
+    ``schema.registry_url``)."""
+    id_field: str | None = "event_id"
+    """Field of the label holding the event id (the alert's ``event_id``); unset, or absent
+    from a label: the message key is the event id."""
+    outcome_field: str = "outcome"
+    """Field of the label holding the outcome."""
+    positive: tuple[str, ...] = ("1", "true")
+    """Outcomes that count as positive, compared as lower-case text (``true``/``false`` for
+    booleans); any other outcome is negative."""
+    max_age_s: float = Field(default=86_400.0, gt=0)
+    """How long a scored event waits for its label; past it the event is counted as unlabelled
+    (``missing = "negative"``: as a negative) and forgotten."""
+    max_pending: int = Field(default=1_000_000, ge=1)
+    """Most scored events held waiting for labels (memory cap); past it the oldest are evicted,
+    counted."""
+    held_max_age_s: float = Field(default=600.0, gt=0)
+    """How long a label whose event has not been scored (yet) is held; past it, counted as
+    unmatched and dropped."""
+    max_held: int = Field(default=100_000, ge=1)
+    """Most such labels held; past it the oldest are evicted, counted."""
+    missing: Literal["ignore", "negative"] = "ignore"
+    """A scored event whose label never came: ``ignore`` (only labelled events count) or
+    ``negative`` (label sources that report positives only, such as chargebacks)."""
+    log_every: int = Field(default=1000, ge=1)
+    """One ``labels_matched`` log line (precision and recall per model version) per this many
+    matched labels."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if not self.positive:
+            msg = "labels.positive must name at least one outcome"
+            raise ValueError(msg)
+        if not self.outcome_field:
+            msg = "labels.outcome_field must not be empty"
+            raise ValueError(msg)
+        return self
+
+
 class LogSettings(_Section):
     """structlog output."""
 
@@ -666,6 +718,8 @@ class Settings(BaseSettings):
     """OpenTelemetry spans per batch."""
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     """Drift, shadow models and their comparison."""
+    labels: LabelSettings = Field(default_factory=LabelSettings)
+    """Realized precision and recall from a labels topic."""
     log: LogSettings = Field(default_factory=LogSettings)
     """Logging."""
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)

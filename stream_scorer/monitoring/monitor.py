@@ -10,14 +10,19 @@ Drift has a cost cap: it counts a batch only while its time so far is at most
 batches are skipped (``stream_scorer_drift_records_skipped_total``) until it is back within
 its share. Which batches are skipped depends on timing, never on their content, so the
 windows remain unbiased samples of the stream; ``drift_max_share = 1`` counts every batch.
+
+With a labels topic, it also records each batch's decisions (the champion's rows and the
+canary's share) into the label join (:mod:`stream_scorer.monitoring.labels`), which matches
+them with labels as they arrive.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
@@ -25,6 +30,7 @@ from stream_scorer.monitoring.canary import CanaryBatch
 from stream_scorer.monitoring.canary_rollback import CanaryRollback
 from stream_scorer.monitoring.compare import ComparisonMetrics, Comparisons
 from stream_scorer.monitoring.drift import DriftConfig, DriftMetrics, DriftMonitor
+from stream_scorer.monitoring.labels import LabelJoin, event_hashes
 from stream_scorer.monitoring.shadow import ShadowBudget, ShadowMetrics, ShadowRunner
 from stream_scorer.records import DecodedBatch
 
@@ -50,6 +56,8 @@ class Monitor:
         drift_enabled: bool = True,
         drift_max_share: float = 0.05,
         canary: CanaryRollback | None = None,
+        labels: LabelJoin | None = None,
+        id_field: str | None = None,
     ) -> None:
         """Monitor with the pipeline's scoring policy ``score``; metrics go to ``registry``.
 
@@ -62,6 +70,9 @@ class Monitor:
             drift_enabled: Count drift windows at all.
             drift_max_share: Most drift time as a share of the pipeline's time (1: no cap).
             canary: Counts the canary's batches and applies its rollback rules.
+            labels: The label join the deciding models' rows are recorded into (None: off).
+            id_field: Input field holding the event id (None: ``topic[partition]@offset``),
+                the id alerts and score records carry and labels name.
         """
         self.canary = canary
         self.drift = (
@@ -93,6 +104,9 @@ class Monitor:
                 registry=registry,
             )
         )
+        self.labels = labels
+        self._id_field = id_field
+        self._labels_set: ModelSet | None = None
         self._set: ModelSet | None = None
         self._drift_max_share = drift_max_share
         self._drift_s = 0.0
@@ -101,6 +115,11 @@ class Monitor:
         self.drift_counted = 0
         self.drift_skipped = 0
 
+    @property
+    def needed_fields(self) -> tuple[str, ...]:
+        """Input fields the monitor reads beyond the models' own: the event id, for labels."""
+        return () if self.labels is None or self._id_field is None else (self._id_field,)
+
     def observe(
         self,
         models: ModelSet,
@@ -108,23 +127,34 @@ class Monitor:
         decision: ModelDecision,
         stage_s: Mapping[str, float],
         canary: CanaryBatch | None = None,
+        others: Sequence[tuple[LoadedModel, ModelDecision]] = (),
     ) -> list[tuple[LoadedModel, ModelDecision]]:
         """Monitor one batch the champion of ``models`` decided; never raises.
 
         With a canary, ``canary`` holds both models' decisions on the whole batch: the
         champion's whole decision is what shadows and drift see, and the canary is compared
-        and judged by its rollback rules like a challenger.
+        and judged by its rollback rules like a challenger. ``others`` are the models that
+        decided a share of the batch besides the champion (the canary's share), for the label
+        join. Monitoring and the label join are guarded apart: one failing does not skip the
+        other.
 
         Returns:
             The shadows scored on this batch and their decisions (none once dropped), for the
             optional shadow topic.
         """
+        shadowed: list[tuple[LoadedModel, ModelDecision]] = []
         try:
-            return self._observe(models, decoded, decision, stage_s, canary)
+            shadowed = self._observe(models, decoded, decision, stage_s, canary)
         except Exception:  # monitoring must never stop what is published
             log.exception("monitoring_failed", models=models.describe())
             self.count_error()
-            return []
+        if self.labels is not None:
+            try:
+                self._record_labels(models, decoded, [(models.champion, decision), *others])
+            except Exception:  # the label join must never stop what is published
+                log.exception("monitoring_failed", models=models.describe())
+                self.count_error()
+        return shadowed
 
     def count_error(self) -> None:
         """Count one batch on which monitoring failed (``stream_scorer_monitoring_errors``)."""
@@ -186,6 +216,31 @@ class Monitor:
         if self.canary is not None:
             self.canary.observe(models, decoded, canary)
         return [(models.champion, canary.champion), (models.canary, canary.canary)]
+
+    def _record_labels(
+        self,
+        models: ModelSet,
+        decoded: DecodedBatch,
+        deciders: Sequence[tuple[LoadedModel, ModelDecision]],
+    ) -> None:
+        assert self.labels is not None  # noqa: S101 - the caller checks
+        if models is not self._labels_set:
+            self._labels_set = models
+            self.labels.retain({
+                (m.name, m.version)
+                for m in (models.champion, models.canary)
+                if m is not None
+            })  # fmt: skip
+        for model, decided in deciders:
+            flagged = np.zeros(len(decided.rows), dtype=np.bool_)
+            flagged[decided.flagged] = True
+            self.labels.record(
+                model.name,
+                model.version,
+                event_hashes(decoded, decided.rows, self._id_field),
+                flagged,
+                decided.scores,
+            )
 
     def _new_set(self, models: ModelSet) -> None:
         # A replaced set: forget the models that left it (bounded state and label sets).

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from stream_scorer.decode.framing import Framing, SchemaSource
 from stream_scorer.encode import AlertEncoder
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.lifecycle.repository import HistoryEntry, default_instance_id
@@ -14,12 +16,30 @@ from stream_scorer.lifecycle.watcher import RollbackRules
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet
 from stream_scorer.monitoring.canary_rollback import CanaryMetrics, CanaryRollback
 from stream_scorer.monitoring.drift import DriftConfig
+from stream_scorer.monitoring.labels import (
+    LabelJoin,
+    LabelMetrics,
+    LabelParser,
+    LabelsConsumer,
+    labels_consumer_config,
+)
 from stream_scorer.monitoring.monitor import Monitor
 from stream_scorer.monitoring.shadow import ShadowBudget
 from stream_scorer.pipeline import score_and_flag
 from stream_scorer.settings import Settings
 
-__all__ = ["build_canary_rollback", "build_monitor", "check_shadow_topic", "check_shadows"]
+__all__ = [
+    "build_canary_rollback",
+    "build_label_join",
+    "build_labels_consumer",
+    "build_monitor",
+    "check_shadow_topic",
+    "check_shadows",
+]
+
+#: Stands for the reader schema a label framing is built with: labels are read with their
+#: writer schema alone (any record with the id and outcome fields will do).
+_LABEL_READER: dict[str, Any] = {"type": "record", "name": "Label", "fields": []}
 
 
 def check_shadows(champion: LoadedModel, shadows: tuple[LoadedModel, ...]) -> None:
@@ -94,23 +114,100 @@ def build_canary_rollback(
     )
 
 
+def build_label_join(settings: Settings, registry: CollectorRegistry | None) -> LabelJoin | None:
+    """The label join for ``settings.labels``, or None when no labels topic is set.
+
+    Raises:
+        ConfigurationError: The labels topic is one of the service's other topics.
+    """
+    labels = settings.labels
+    if labels.topic is None:
+        return None
+    topics = settings.topics
+    others = {"input": topics.input, "alerts": topics.alerts, "dead_letter": topics.dead_letter}
+    if topics.scores is not None:
+        others["scores"] = topics.scores
+    for name, topic in others.items():
+        if labels.topic == topic:
+            msg = f"labels.topic: {topic!r} is also topics.{name}; labels need a topic of their own"
+            raise ConfigurationError(msg)
+    return LabelJoin(
+        labels.max_age_s,
+        labels.max_pending,
+        labels.held_max_age_s,
+        labels.max_held,
+        labels.missing,
+        labels.log_every,
+        None if registry is None else LabelMetrics(registry),
+    )
+
+
+def build_labels_consumer(
+    settings: Settings,
+    monitor: Monitor | None,
+    schema_registry: SchemaSource | None,
+    client: Mapping[str, Any],
+) -> LabelsConsumer | None:
+    """The labels topic's consumer thread (not started), feeding the monitor's label join;
+    None when there is no labels topic.
+
+    Args:
+        settings: Validated settings.
+        monitor: The pipeline's monitor (its ``labels`` is the join).
+        schema_registry: Resolves label writer schemas (``labels.format = "avro"``).
+        client: librdkafka connection and security properties (and client callbacks).
+
+    Raises:
+        ConfigurationError: ``avro`` labels without a schema registry.
+    """
+    labels = settings.labels
+    if monitor is None or monitor.labels is None or labels.topic is None:
+        return None
+    join = monitor.labels
+    framing = None
+    if labels.format == "avro":
+        if schema_registry is None:
+            msg = "labels.format: 'avro' labels are Confluent-framed and need schema.registry_url"
+            raise ConfigurationError(msg)
+        framing = Framing(_LABEL_READER, "confluent", registry=schema_registry)
+    parser = LabelParser(
+        labels.format, labels.id_field, labels.outcome_field, labels.positive, framing
+    )
+    config = labels_consumer_config(
+        client,
+        labels.group_id or f"{settings.kafka.group_id}-labels",
+        settings.kafka.consumer,
+        labels.offset_reset,
+    )
+    return LabelsConsumer(config, labels.topic, parser, join)
+
+
 def build_monitor(
     settings: Settings,
     registry: CollectorRegistry | None,
     live: LiveModels | None = None,
     encoder: AlertEncoder | None = None,
+    id_field: str | None = None,
 ) -> Monitor | None:
-    """The monitor for ``settings.monitoring``, or None when drift is off and there are no
-    shadows and no canary (nothing to do per batch). ``live`` is the set a canary that breaks
-    a rollback rule is removed from; ``encoder`` the alert encoder the shadow topic uses.
+    """The monitor for ``settings.monitoring`` and ``settings.labels``, or None when drift is
+    off and there are no shadows, no canary and no labels topic (nothing to do per batch).
+
+    Args:
+        settings: Validated settings.
+        registry: Prometheus registry (None: no metrics).
+        live: The set a canary that breaks a rollback rule is removed from.
+        encoder: The alert encoder the shadow topic uses.
+        id_field: Input field holding the event id (labels name events by it).
 
     Raises:
-        ConfigurationError: A shadow's policy does not fit the alert schema (shadow topic).
+        ConfigurationError: A shadow's policy does not fit the alert schema (shadow topic), or
+            the labels topic is one of the service's other topics.
     """
     m = settings.monitoring
     if live is not None and encoder is not None:
         check_shadow_topic(settings, live.current, encoder)
-    if not m.drift and not m.shadows and m.canary is None:
+    labels = build_label_join(settings, registry)
+    if not m.drift and not m.shadows and m.canary is None and labels is None:
         return None
     drift = DriftConfig(
         window_events=m.window_events,
@@ -131,4 +228,6 @@ def build_monitor(
         drift_enabled=m.drift,
         drift_max_share=m.drift_max_share,
         canary=None if m.canary is None else build_canary_rollback(settings, registry, live),
+        labels=labels,
+        id_field=id_field,
     )
