@@ -420,7 +420,7 @@ def test_pipeline_records_champion_and_canary_shares(
         records.append(SourceRecord("in", i % 3, i, event["card_id"].encode(), buffer.getvalue()))
     registry = CollectorRegistry()
     settings = load_settings(None, {"labels": {"topic": "labels"}}, environ={})
-    monitor = build_monitor(settings, registry, "transaction_id")
+    monitor = build_monitor(settings, registry, id_field="transaction_id")
     assert monitor is not None and monitor.labels is not None
     assert monitor.needed_fields == ("transaction_id",)  # not a model input: decoded for labels
     pipeline = Pipeline(
@@ -500,7 +500,7 @@ def test_before_labels_estimate_is_within_tolerance_of_the_realized_precision() 
                                                       "drift_max_share": 1}},
         environ={},
     )  # fmt: skip
-    monitor = build_monitor(settings, registry, "transaction_id")
+    monitor = build_monitor(settings, registry, id_field="transaction_id")
     assert monitor is not None and monitor.labels is not None
     models = ModelSet(model)
     fields = (*model.features.fields, "transaction_id")
@@ -619,7 +619,7 @@ def test_a_failing_label_join_never_stops_drift_or_the_batch(
     events, _ = TransactionGenerator(seed=8).generate(200)
     registry = CollectorRegistry()
     settings = load_settings(None, {"labels": {"topic": "labels"}}, environ={})
-    monitor = build_monitor(settings, registry, "transaction_id")
+    monitor = build_monitor(settings, registry, id_field="transaction_id")
     assert monitor is not None and monitor.labels is not None
 
     def broken(*args: Any) -> None:
