@@ -132,6 +132,22 @@ class PromotionWatcher:
         )
         self.live_since.labels(name, live.current.champion.version).set_to_current_time()
 
+    def _swap_champion(self, model: LoadedModel) -> None:
+        """Serve ``model`` as champion, keeping the set's shadows and canary (a promotion
+        replaces the champion, not the evidence around it); a shadow or canary that is the new
+        champion's own version leaves the set (it would only be compared with itself). A set
+        replaced meanwhile (a canary rolled back) is read again, so that swap is not undone."""
+        while True:
+            current = self.live.current
+            shadows = tuple(m for m in current.shadows if m.label != model.label)
+            canary = current.canary
+            fraction = current.canary_fraction
+            if canary is not None and canary.label == model.label:
+                canary, fraction = None, 0.0
+            new = ModelSet(model, shadows, canary, fraction)
+            if self.live.replace_if(current, new):
+                return
+
     def check_once(self) -> bool:
         """Apply the alias if it moved; True when the live set was replaced."""
         target = self.repo.aliases(self.name).get(self.alias)
@@ -159,7 +175,7 @@ class PromotionWatcher:
                 self._counters(target), self._counters(live),
                 self._counters(target).bisections,
             )  # fmt: skip
-        self.live.replace(ModelSet(champion=model))
+        self._swap_champion(model)
         self.live_since.clear()
         self.live_since.labels(self.name, target).set_to_current_time()
         self.promotions.labels(self.name, "applied").inc()
