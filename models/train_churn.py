@@ -26,7 +26,6 @@ Everything is seeded: two runs print the same metrics and write the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -35,21 +34,28 @@ from typing import Any, Final
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import skl2onnx
 import sklearn
 from numpy.typing import NDArray
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.metrics import precision_recall_curve, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "models"))
+
+from training import (  # noqa: E402
+    binary_metrics,
+    check_agreement,
+    choose_threshold,
+    export_pipeline,
+    onnx_session,
+    sha256_of,
+    write_card_json,
+)
 
 from stream_scorer.devtools.churn import ChurnGenerator  # noqa: E402
 
@@ -205,77 +211,12 @@ def build_pipeline() -> Pipeline:
 
 
 def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
-    """Convert the fitted pipeline: one ``[None, 1]`` input per field, ZipMap off.
-
-    Args:
-        pipe: The fitted pipeline.
-
-    Returns:
-        The ONNX model.
-    """
-    initial_types: list[tuple[str, Any]] = [
-        (name, StringTensorType([None, 1]) if kind == "string" else FloatTensorType([None, 1]))
-        for name, kind, _ in FEATURES
-    ]
-    model = convert_sklearn(
-        pipe,
-        name=f"{MODEL_NAME}-{MODEL_VERSION}",
-        initial_types=initial_types,
-        options={id(pipe.named_steps["gbdt"]): {"zipmap": False}},
-        target_opset={"": TARGET_OPSET, "ai.onnx.ml": 3},
-    )
-    model.doc_string = "Telecom churn score; see model.json and MODEL_CARD.md next to this file."
-    sort_opsets(model)
-    return model
-
-
-def sort_opsets(model: onnx.ModelProto) -> None:
-    """Sort the model's opset imports by domain, in place.
-
-    skl2onnx emits them in set order, which follows Python's string hash seed, so the same
-    model could serialise to different bytes (and SHA-256) from run to run.
-
-    Args:
-        model: The model to fix up.
-    """
-    imports = sorted(((o.domain, o.version) for o in model.opset_import), key=lambda dv: dv[0])
-    del model.opset_import[:]
-    for domain, version in imports:
-        model.opset_import.add(domain=domain, version=version)
-
-
-def choose_threshold(y: NDArray[np.bool_], score: NDArray[np.float64]) -> float:
-    """Pick the lowest score whose holdout precision is at least :data:`TARGET_PRECISION`.
-
-    Flagging is ``score >= threshold``. The value is rounded down to
-    :data:`THRESHOLD_DECIMALS`, which can only add flags.
-
-    Args:
-        y: Ground truth.
-        score: Churn probabilities.
-
-    Returns:
-        The threshold.
-    """
-    precision, _, thresholds = precision_recall_curve(y, score)
-    ok = np.flatnonzero(precision[:-1] >= TARGET_PRECISION)
-    if ok.size == 0:
-        msg = f"no threshold reaches precision {TARGET_PRECISION}"
-        raise RuntimeError(msg)
-    scale = 10**THRESHOLD_DECIMALS
-    return float(np.floor(thresholds[ok[0]] * scale) / scale)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file.
-
-    Args:
-        path: The file.
-
-    Returns:
-        The digest.
-    """
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Convert the fitted pipeline: one ``[None, 1]`` input per field, ZipMap off."""
+    return export_pipeline(
+        pipe, f"{MODEL_NAME}-{MODEL_VERSION}", FEATURES, TARGET_OPSET,
+        "Telecom churn score; see model.json and MODEL_CARD.md next to this file.",
+        classifier_step="gbdt",
+    )  # fmt: skip
 
 
 # One line per input for the human-readable card.
@@ -426,26 +367,13 @@ def main() -> None:
     onnx_path = OUT_DIR / "model.onnx"
     onnx_path.write_bytes(model.SerializeToString())
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = onnx_session(onnx_path)
     label, proba = sess.run(["label", "probabilities"], hold_cols)
     score = proba[:, 1].astype(np.float64)
-    max_diff = float(np.max(np.abs(score - sk_proba)))
-    if max_diff > MAX_ABS_DIFF:
-        msg = f"onnxruntime differs from scikit-learn by {max_diff:.3g} > {MAX_ABS_DIFF}"
-        raise RuntimeError(msg)
+    max_diff = check_agreement(score, sk_proba, MAX_ABS_DIFF)
 
-    threshold = choose_threshold(y_hold, score)
-    flagged = score >= threshold
-    tp = int(np.sum(flagged & y_hold))
-    metrics = {
-        "holdout_auc": round(float(roc_auc_score(y_hold, score)), 6),
-        "precision_at_threshold": round(tp / max(1, int(flagged.sum())), 6),
-        "recall_at_threshold": round(tp / max(1, int(y_hold.sum())), 6),
-        "flagged_rate": round(float(flagged.mean()), 6),
-        "onnx_vs_sklearn_max_abs_diff": float(f"{max_diff:.3g}"),
-    }
+    threshold = choose_threshold(y_hold, score, TARGET_PRECISION, THRESHOLD_DECIMALS)
+    metrics = binary_metrics(y_hold, score, threshold, max_diff)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     card: dict[str, Any] = {
         "name": MODEL_NAME,
@@ -493,7 +421,7 @@ def main() -> None:
         },
         "sha256": sha256_of(onnx_path),
     }
-    (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    write_card_json(card, OUT_DIR)
     ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")
     write_model_card(card, ml_opset, OUT_DIR / "MODEL_CARD.md")
 

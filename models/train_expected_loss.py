@@ -26,7 +26,6 @@ Everything is seeded: two runs write the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -34,12 +33,9 @@ from typing import Any, Final
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import skl2onnx
 import sklearn
 from numpy.typing import NDArray
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.metrics import mean_absolute_error, r2_score
@@ -50,6 +46,13 @@ REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "models"))
 
 from example_events import CLAIM_TYPES, REGIONS, claims  # noqa: E402
+from training import (  # noqa: E402
+    check_agreement,
+    export_pipeline,
+    onnx_session,
+    sha256_of,
+    write_card_json,
+)
 
 MODEL_NAME: Final = "expected_loss"
 MODEL_VERSION: Final = "1"
@@ -126,29 +129,12 @@ def build_pipeline() -> Pipeline:
     return Pipeline([("pre", pre), ("gbr", GradientBoostingRegressor(**HYPERPARAMETERS))])
 
 
-def sort_opsets(model: onnx.ModelProto) -> None:
-    """Sort opset imports by domain, so the bytes do not follow Python's hash seed."""
-    imports = sorted(((o.domain, o.version) for o in model.opset_import), key=lambda dv: dv[0])
-    del model.opset_import[:]
-    for domain, version in imports:
-        model.opset_import.add(domain=domain, version=version)
-
-
 def export_onnx(pipe: Pipeline) -> onnx.ModelProto:
     """Convert the fitted pipeline: one ``[None, 1]`` input per field; output ``variable``."""
-    initial_types: list[tuple[str, Any]] = [
-        (name, StringTensorType([None, 1]) if kind == "string" else FloatTensorType([None, 1]))
-        for name, kind, _ in FEATURES
-    ]
-    model = convert_sklearn(
-        pipe,
-        name=f"{MODEL_NAME}-{MODEL_VERSION}",
-        initial_types=initial_types,
-        target_opset={"": TARGET_OPSET, "ai.onnx.ml": 3},
-    )
-    model.doc_string = "Expected claim cost in EUR; see model.json and MODEL_CARD.md."
-    sort_opsets(model)
-    return model
+    return export_pipeline(
+        pipe, f"{MODEL_NAME}-{MODEL_VERSION}", FEATURES, TARGET_OPSET,
+        "Expected claim cost in EUR; see model.json and MODEL_CARD.md.",
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -164,16 +150,11 @@ def main() -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     onnx_path = OUT_DIR / "model.onnx"
     onnx_path.write_bytes(model.SerializeToString())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_path)
     outputs = [o.name for o in session.get_outputs()]
     (pred,) = session.run(["variable"], hold_cols)
     pred = pred[:, 0].astype(np.float64)
-    max_diff = float(np.max(np.abs(pred - sk_pred)))
-    if max_diff > MAX_ABS_DIFF:
-        msg = f"onnxruntime differs from scikit-learn by {max_diff:.3g} > {MAX_ABS_DIFF}"
-        raise RuntimeError(msg)
+    max_diff = check_agreement(pred, sk_pred, MAX_ABS_DIFF)
 
     medium = float(np.round(np.quantile(pred, MEDIUM_QUANTILE)))
     high = float(np.round(np.quantile(pred, HIGH_QUANTILE)))
@@ -232,9 +213,9 @@ def main() -> None:
             "onnx": onnx.__version__,
             "opset": TARGET_OPSET,
         },
-        "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "sha256": sha256_of(onnx_path),
     }
-    (OUT_DIR / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    write_card_json(card, OUT_DIR)
     write_model_card(card, OUT_DIR / "MODEL_CARD.md")
     print(json.dumps({"outputs": outputs, "medium": medium, "high": high, **metrics}, indent=2))
 

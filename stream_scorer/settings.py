@@ -375,6 +375,10 @@ class LifecycleSettings(_Section):
     """p99 time of scoring one batch of ``batch.max_size`` rows."""
     alert_rate_ratio: float = Field(default=2.0, ge=1)
     """The alert rate must be within this factor (either way) of the champion's."""
+    band_rate_ratio: float = Field(default=1.5, ge=1)
+    """Each decision band's share of the events (a card with ``decision.bands``), and each
+    class's share of top-1 predictions (multiclass), within this factor (either way) of the
+    champion's."""
     auto_rollback: bool = True
     """Roll a promotion back unattended when, within ``watch_period_s``, the new version
     breaks one of the bounds below relative to the version it replaced."""

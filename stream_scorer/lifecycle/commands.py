@@ -133,7 +133,7 @@ def _validate(
     repo: ModelRepository, settings: Settings, args: argparse.Namespace, out: IO[str]
 ) -> int:
     from stream_scorer.app import load_schema  # noqa: PLC0415 - keeps `models list` light
-    from stream_scorer.lifecycle.validate import load_data, report_json, validate  # noqa: PLC0415
+    from stream_scorer.lifecycle.validate import report_json, validate  # noqa: PLC0415
 
     ref = ModelRef.parse(args.ref)
     name, version = repo.resolve(ref, settings.lifecycle.alias)
@@ -141,7 +141,8 @@ def _validate(
     if args.against is not None:
         against = repo.resolve(ModelRef.parse(args.against), settings.lifecycle.alias)
     reader = load_schema(settings.schema_.reader, "schema.reader")
-    data = load_data(args.data, settings.lifecycle)
+    # A path: validate reads it once the card says what a label is.
+    data = args.data
     report = validate(
         repo, name, version, reader, settings.lifecycle, settings.batch.max_size, against, data,
         settings.model.intra_op_threads,

@@ -8,7 +8,10 @@ fraud/2. Events stream in at 5,000 per second; fraud/2 is promoted while they ar
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -22,7 +25,9 @@ from stream_scorer.app import load_schema
 from stream_scorer.lifecycle import ModelRepository, promote
 from stream_scorer.model_set import load_model
 from stream_scorer.offline import score_events
+from stream_scorer.settings import ENV_PREFIX
 
+from ..unit.test_lifecycle_watcher import break_warm_up
 from .helpers import REPO, committed_offsets, end_offsets, read_topic, stream_topics, wait_until
 from .scorer_process import (
     SCORE_TOLERANCE,
@@ -177,19 +182,49 @@ def decode_event_id(value: bytes | None) -> str:
     return str(fastavro.schemaless_reader(io.BytesIO(value), parsed, None)["transaction_id"])  # type: ignore[index]
 
 
-def test_broken_version_is_refused_while_serving(
-    kafka_bootstrap: str, make_topic: Any, tmp_path: Path
-) -> None:
-    """A tampered fraud/3 fails to load: fraud/1 keeps scoring everything; history says so."""
-    models = tmp_path / "models"
-    shutil.copytree(REPO / "models/fraud/1", models / "fraud/1")
-    shutil.copytree(REPO / "models/fraud/2", models / "fraud/3")
+def models_cli(tmp_path: Path, models: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``stream-scorer models ARGS`` as an operator runs it, on ``models`` and the test's state."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    env.update({f"{ENV_PREFIX}LIFECYCLE__REPOSITORY": str(models),
+                f"{ENV_PREFIX}LIFECYCLE__STATE_DIR": str(tmp_path / "state"),
+                f"{ENV_PREFIX}LIFECYCLE__VALIDATION_EVENTS": "4000",
+                # Timing is the bench's business; this test is about the refusal.
+                f"{ENV_PREFIX}LIFECYCLE__BATCH_P99_BUDGET_MS": "60000"})  # fmt: skip
+    return subprocess.run(  # the console script under test, fixed arguments
+        [str(Path(sys.executable).with_name("stream-scorer")), "models", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def _break(models: Path, breakage: str) -> None:
+    """Make ``models/fraud/3`` broken in the way named."""
+    source = "2" if breakage == "tampered" else "1"
+    shutil.copytree(REPO / "models/fraud" / source, models / "fraud/3")
     card_file = models / "fraud/3/model.json"
     card = json.loads(card_file.read_text())
     card["version"] = "3"
+    if breakage == "fails validation":  # the same graph flagging many times as much
+        card["threshold"] = 0.05
     card_file.write_text(json.dumps(card))
-    onnx = models / "fraud/3/model.onnx"
-    onnx.write_bytes(onnx.read_bytes()[:-100])
+    if breakage == "tampered":
+        onnx = models / "fraud/3/model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:-100])
+    elif breakage == "fails warm-up":
+        break_warm_up(models / "fraud/3")
+
+
+@pytest.mark.parametrize("breakage", ["tampered", "fails warm-up", "fails validation"])
+def test_broken_version_is_refused_while_serving(
+    kafka_bootstrap: str, make_topic: Any, tmp_path: Path, breakage: str
+) -> None:
+    """A broken fraud/3 is refused: fraud/1 keeps scoring everything; the history says why.
+
+    Tampered or failing its warm-up, it is promoted by force and the instance refuses to
+    apply it (``apply-failed``); failing validation, `models promote` refuses it (``refuse``).
+    """
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models/fraud/1", models / "fraud/1")
+    _break(models, breakage)
     topics = stream_topics(make_topic)
     events = make_events(10_000, seed=102)
     repo = ModelRepository(models, tmp_path / "state")
@@ -198,13 +233,23 @@ def test_broken_version_is_refused_while_serving(
     try:
         scorer.wait_assigned()
         producer = PacedProducer(kafka_bootstrap, topics["input"], encode_events(events), RATE)
-        promote(repo, "fraud", "3", by="test", force=True)
-        wait_until(lambda: any(e.action == "apply-failed" for e in repo.history("fraud")), 30,
-                   "the scorer to report the failed load")  # fmt: skip
+        if breakage == "fails validation":
+            validated = models_cli(tmp_path, models, "validate", "fraud/3", "--against", "fraud/1")
+            assert validated.returncode == 1, validated.stdout + validated.stderr
+            assert any(line.startswith("alert rate") and " FAIL " in line
+                       for line in validated.stdout.splitlines()), validated.stdout  # fmt: skip
+            refused = models_cli(tmp_path, models, "promote", "fraud/3")
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert "validation status is failed" in refused.stderr
+        else:
+            promote(repo, "fraud", "3", by="test", force=True)
+            wait_until(lambda: any(e.action == "apply-failed" for e in repo.history("fraud")),
+                       30, "the scorer to report the failed load")  # fmt: skip
         producer.join()
         wait_consumed(kafka_bootstrap, config, topics["input"], scorer)
         assert model_info(scorer) == "1"
-        assert scorer.logged("model_apply_failed")
+        if breakage != "fails validation":
+            assert scorer.logged("model_apply_failed")
         scorer.terminate()
         assert scorer.wait() == 0
     finally:
@@ -216,9 +261,18 @@ def test_broken_version_is_refused_while_serving(
     for event_id, score in scores.items():
         if abs(score - threshold) > SCORE_TOLERANCE:
             assert (event_id in alerted) == (score >= threshold), event_id
-    failed = next(e for e in repo.history("fraud") if e.action == "apply-failed")
-    assert failed.version == "3"
-    assert "sha256" in failed.reason
+    history = repo.history("fraud")
+    assert not [e for e in history if e.action == "applied"]
+    if breakage == "fails validation":
+        mine = [e for e in history if e.version == "3"]
+        assert [e.action for e in mine] == ["validate", "refuse"]
+        assert mine[0].reason.startswith("failed: ")
+        assert "alert rate" in mine[0].reason
+        assert mine[1].reason == "validation status: failed"
+    else:
+        failed = next(e for e in history if e.action == "apply-failed")
+        assert failed.version == "3"
+        assert ("sha256" if breakage == "tampered" else "warm-up") in failed.reason
 
 
 def test_three_members_switch_and_a_late_member_starts_promoted(

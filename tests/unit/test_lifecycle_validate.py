@@ -183,6 +183,19 @@ def test_metric_floor_from_the_card_fails(repo: ModelRepository) -> None:
     assert failed(report) == {"auc"}, report.table()
 
 
+def test_precision_floor_from_the_card_fails(repo: ModelRepository) -> None:
+    """A precision floor of 0.99 (fraud/1 has ~0.8 at its threshold) fails `precision` alone."""
+
+    def edit(card: dict[str, Any], folder: Path) -> None:
+        card["floors"] = {"precision": 0.99}
+
+    # ~100 flagged events on 20,000: two standard errors are ~0.08, short of 0.99 - 0.8.
+    data = load_data(None, SETTINGS.model_copy(update={"validation_events": 20_000}))
+    report = run(repo, craft(repo, "1", edit), data=data)
+    assert failed(report) == {"precision"}, report.table()
+    assert "card floor" in next(g.bound for g in report.gates if g.name == "precision")
+
+
 def test_worse_than_champion_fails(repo: ModelRepository) -> None:
     """A threshold of 0.99 loses most of the champion's recall: `recall` fails against it."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -14,6 +15,7 @@ from stream_scorer.app import load_schema
 from stream_scorer.lifecycle import ModelRepository, promote
 from stream_scorer.lifecycle.watcher import PromotionWatcher, RollbackRules
 from stream_scorer.metrics import ScorerMetrics
+from stream_scorer.model_card import file_sha256
 from stream_scorer.model_set import LiveModels, LoadedModel, ModelSet, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,44 @@ def setup(
     registry = CollectorRegistry()
     watcher = PromotionWatcher(repo, "fraud", "champion", live, load, "test-1", 0.02, registry)
     return repo, live, watcher, registry
+
+
+def break_warm_up(folder: Path) -> None:
+    """Make ``folder`` a version that hashes, binds and loads, then fails its warm-up batch.
+
+    Its graph has the card's inputs and output, but gathers column 7 of the one-column
+    ``amount``: onnxruntime accepts the graph and fails the first run. The card's hashes are
+    updated, so only the warm-up can catch it.
+    """
+    import onnx  # noqa: PLC0415 - a dev dependency, only for crafting
+    from onnx import helper  # noqa: PLC0415
+
+    card = json.loads((folder / "model.json").read_text())
+    inputs = [
+        helper.make_tensor_value_info(
+            i["name"],
+            onnx.TensorProto.STRING if i["dtype"] == "string" else onnx.TensorProto.FLOAT,
+            [None, 1],
+        )
+        for i in card["inputs"]
+    ]
+    out = helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [None, 2])
+    index = helper.make_tensor("index", onnx.TensorProto.INT64, [2], [0, 7])
+    nodes = [
+        helper.make_node("Constant", [], ["index"], value=index),
+        helper.make_node("Gather", ["amount", "index"], ["probabilities"], axis=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "fails-warm-up", inputs, [out]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    digest = file_sha256(folder / "model.onnx")
+    card["sha256"] = digest
+    if "files" in card:
+        card["files"]["model.onnx"] = digest
+    (folder / "model.json").write_text(json.dumps(card))
 
 
 def failures(registry: CollectorRegistry) -> float | None:
@@ -82,6 +122,21 @@ def test_broken_version_is_refused_and_the_old_one_serves(tmp_path: Path) -> Non
     promote(repo, "fraud", "2", force=True)
     assert watcher.check_once() is True
     assert live.current.champion.version == "2"
+
+
+def test_a_version_failing_warm_up_is_refused_and_the_old_one_serves(tmp_path: Path) -> None:
+    """A version whose graph loads but fails its first batch: apply-failed, fraud/1 serves."""
+    repo, live, watcher, registry = setup(tmp_path)
+    shutil.copytree(tmp_path / "fraud/1", tmp_path / "fraud/4")
+    break_warm_up(tmp_path / "fraud/4")
+    promote(repo, "fraud", "4", force=True)
+    assert watcher.check_once() is False
+    assert live.current.champion.version == "1"
+    assert live.swaps == 0
+    failed = repo.history("fraud")[-1]
+    assert (failed.action, failed.version) == ("apply-failed", "4")
+    assert "warm-up" in failed.reason
+    assert failures(registry) == 1
 
 
 def test_thread_picks_up_a_promotion(tmp_path: Path) -> None:
