@@ -459,14 +459,14 @@ class ReplayReport:
             corr = c["score_correlation"]
             lines += [
                 "",
-                f"comparison {c['champion']} vs {c['challenger']} on {c['events']} events: "
+                f"comparison {c['model']} vs {c['against']} on {c['events']} events: "
                 f"agreement {c['agreement']:.5f}, mean |score diff| "
                 f"{c['mean_abs_score_diff']:.6f}, correlation "
                 f"{'n/a' if corr is None else f'{corr:.5f}'}",
                 "  decisions: " + ", ".join(f"{k} {v}" for k, v in c["confusion"].items()),
             ]
             if c.get("band_confusion"):
-                lines.append(f"  bands ({c['champion']} -> {c['challenger']}):")
+                lines.append(f"  bands ({c['model']} rows, {c['against']} columns):")
                 for a, row in c["band_confusion"].items():
                     lines.append(f"    {a}: " + ", ".join(f"{b} {n}" for b, n in row.items()))
             if d["top_disagreements"]:
@@ -729,8 +729,26 @@ class ReplayScorer:
             comparison = self.comparison or Comparison(
                 self.model.model.label, self.against.model.label
             )
-            summary = comparison.summary()
-            summary["disagreements"] = self.disagreements
+            raw = comparison.summary()
+            confusion, rates = raw["confusion"], raw["alert_rate"]
+            # Named by the command's roles: the comparison code calls them champion and
+            # challenger, and here --against is usually the champion.
+            summary: dict[str, Any] = {
+                "model": raw["champion"],
+                "against": raw["challenger"],
+                "events": raw["events"],
+                "agreement": raw["agreement"],
+                "confusion": {
+                    "both": confusion["both"],
+                    "only_model": confusion["champion_only"],
+                    "only_against": confusion["challenger_only"],
+                    "neither": confusion["neither"],
+                },
+                "mean_abs_score_diff": raw["mean_abs_score_diff"],
+                "score_correlation": raw["score_correlation"],
+                "alert_rate": {"model": rates["champion"], "against": rates["challenger"]},
+                "disagreements": self.disagreements,
+            }
             policies = (self.model.model.card.policy, self.against.model.card.policy)
             if any(not p.from_threshold for p in policies):  # a card declares bands
                 summary["band_confusion"] = {

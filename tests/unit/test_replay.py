@@ -335,14 +335,16 @@ def test_comparison_arithmetic_matches_the_two_models_scored_apart(
     fb = np.array([b[i]["flagged"] for i in ids])
     c = data["comparison"]
     assert c["confusion"] == {
-        "both": int((fa & fb).sum()), "champion_only": int((fa & ~fb).sum()),
-        "challenger_only": int((~fa & fb).sum()), "neither": int((~fa & ~fb).sum()),
+        "both": int((fa & fb).sum()), "only_model": int((fa & ~fb).sum()),
+        "only_against": int((~fa & fb).sum()), "neither": int((~fa & ~fb).sum()),
     }  # fmt: skip
-    assert c["confusion"]["champion_only"] + c["confusion"]["challenger_only"] > 0
+    assert c["confusion"]["only_model"] + c["confusion"]["only_against"] > 0
+    assert (c["model"], c["against"]) == ("fraud/2", "fraud/1")
     assert c["agreement"] == pytest.approx(float((fa == fb).mean()), abs=1e-6)
     assert c["mean_abs_score_diff"] == pytest.approx(float(np.abs(x - y).mean()), abs=1e-6)
     assert c["score_correlation"] == pytest.approx(float(np.corrcoef(x, y)[0, 1]), abs=1e-5)
     assert data["model"]["alert_rate"] == pytest.approx(float(fa.mean()))
+    assert c["alert_rate"]["model"] == pytest.approx(float(fa.mean()))
     assert data["against"]["alert_rate"] == pytest.approx(float(fb.mean()))
     assert data["model"]["band_counts"] == {"PASS": int((~fa).sum()), "FLAG": int(fa.sum())}
     assert c["disagreements"] == int((fa != fb).sum())
