@@ -66,6 +66,8 @@ MODEL_NAME: Final = "fraud"
 MODEL_VERSION: Final = "1"
 OUT_DIR: Final = REPO_ROOT / "models" / MODEL_NAME / MODEL_VERSION
 
+# Rows of the golden set every card carries (``models validate`` reproduces them).
+GOLDEN_ROWS: Final = 64
 # Seed of the golden set's generator (``--golden N``): apart from train and holdout draws.
 GOLDEN_SEED: Final = 20260303
 # Tolerance on a golden score when ``models validate`` reproduces it (float32 graph).
@@ -285,123 +287,6 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model_card(card: dict[str, Any], ml_opset: int, path: Path) -> None:
-    """Write the human-readable model card from the machine-readable one.
-
-    Args:
-        card: The content of model.json.
-        ml_opset: Version of the ``ai.onnx.ml`` opset the graph imports.
-        path: Where MODEL_CARD.md goes.
-    """
-    m = card["metrics"]
-    t = card["training"]
-    v = card["versions"]
-    rows = "\n".join(
-        f"| `{i['name']}` | {i['dtype']} | {i['missing']} | {_INPUT_NOTES[i['name']]} |"
-        for i in card["inputs"]
-    )
-    hyper = ", ".join(f"{k}={v!r}" for k, v in t["hyperparameters"].items())
-    text = f"""# Model card: {card["name"]} v{card["version"]}
-
-{card["description"]}
-
-## Intended use
-
-Scores card authorisations (`schemas/transaction.avsc`) in the stream-scorer service and flags
-those whose fraud probability is at or above the threshold for review. It is trained only on
-synthetic data from `stream_scorer.devtools.generate.TransactionGenerator`: use it to
-demonstrate and test the service, never to decide on real payments.
-
-## Inputs
-
-`input_layout: per_field`: one ONNX input per event field, each named exactly as the Avro
-field, shape `[N, 1]`. The encoders live in the graph, so the service only gathers columns.
-
-| input | dtype | missing | notes |
-|---|---|---|---|
-{rows}
-
-- `missing: reject`: a null is a per-event error (dead letter). `missing: nan`: pass null as
-  NaN; the graph imputes it (constant {MISSING_FILL}, a value real data never takes).
-- Booleans are fed as float32 0.0/1.0. Unknown category strings are ignored by the one-hot
-  encoders (`handle_unknown="ignore"`), not rejected.
-- Not used: ids, merchant name, MCC (one-to-one with `merchant_category`), currency (follows
-  `country`), device id, IP address and event time.
-
-## Output
-
-- `probabilities`: float32 `[N, 2]`; column {card["output"]["positive_class_index"]} is the
-  fraud probability (the score).
-- `label`: int64 `[N]`, the argmax (a 0.5 cut); not the decision: apply the threshold below to
-  the score instead.
-- ZipMap is disabled (a plain tensor, no sequence of maps).
-
-## Threshold
-
-`{card["threshold"]}`, flag when `score >= threshold`. Rule: {t["threshold_rule"]}.
-
-## Training data
-
-- Generator `{t["generator"]}`, fraud rate {t["fraud_rate"]}.
-- Train: {t["n_train"]:,} events, seed {t["train_seed"]}.
-- Holdout: {t["n_holdout"]:,} events, seed {t["holdout_seed"]} (a separate generator).
-- Estimator: `{t["estimator"]}` ({hyper}).
-
-## Holdout metrics
-
-| metric | value |
-|---|---|
-| ROC AUC | {m["holdout_auc"]:.4f} |
-| precision at threshold | {m["precision_at_threshold"]:.4f} |
-| recall at threshold | {m["recall_at_threshold"]:.4f} |
-| flagged rate | {m["flagged_rate"]:.5f} |
-| max abs diff onnxruntime vs scikit-learn | {m["onnx_vs_sklearn_max_abs_diff"]:.2e} |
-
-## Limitations
-
-- Synthetic data only: the fraud patterns are the generator's, chosen to be learnable but noisy.
-  Real fraud drifts and is adversarial.
-- The threshold is chosen on the same holdout the metrics are reported on, so precision and
-  recall at the threshold are slightly optimistic; the AUC is not affected.
-- "Foreign merchant" (`country != home_country`) is not an explicit feature: the trees learn it
-  from the two one-hot encodings and from the distance, so home countries the generator never
-  issues cards in are handled only through the distance.
-- Amounts are in the transaction currency; the model sees the currency only through `country`.
-- No calibration beyond what gradient boosting gives; probabilities are scores, not rates.
-
-## Versions
-
-scikit-learn {v["scikit-learn"]}, skl2onnx {v["skl2onnx"]}, onnx {v["onnx"]};
-ONNX opset {v["opset"]} (ai.onnx.ml {ml_opset}).
-
-`model.onnx` SHA-256: `{card["sha256"]}`.
-
-## Rebuild
-
-```
-make model        # runs .venv/bin/python models/train_fraud.py
-```
-
-The script is seeded end to end: a rerun gives the same metrics and threshold.
-"""
-    path.write_text(text, encoding="utf-8")
-
-
-# One line per input for the human-readable card.
-_INPUT_NOTES: Final = {
-    "amount": "transaction currency, as published",
-    "merchant_category": "one-hot",
-    "channel": "enum symbol, one-hot",
-    "card_present": "boolean as 0/1",
-    "country": "merchant country, one-hot",
-    "home_country": "issuing country, one-hot",
-    "distance_from_home_km": "null → NaN → imputed",
-    "txn_count_1h": "int as float",
-    "seconds_since_last_txn": "null (first authorisation) → NaN → imputed",
-    "is_new_device": "boolean as 0/1",
-}
-
-
 def calibration_check(
     y: NDArray[np.bool_], score: NDArray[np.float64], threshold: float
 ) -> dict[str, Any]:
@@ -479,7 +364,7 @@ def reference_only() -> None:
 
 
 # The card's people-facing fields (Model Card Toolkit / Hugging Face template), written into
-# model.json from ``--version 2`` on; fraud/1 was published before they existed.
+# every version's model.json.
 CARD_TEXT: Final[dict[str, Any]] = {
     "intended_use": (
         "Demonstrate and test the stream-scorer service: score synthetic card authorisations "
@@ -554,7 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trees", type=int, default=HYPERPARAMETERS["n_estimators"], help="boosting rounds"
     )
     parser.add_argument(
-        "--golden", type=int, default=0, help="rows of golden set written into the card"
+        "--golden", type=int, default=GOLDEN_ROWS, help="rows of golden set written into the card"
     )
     return parser.parse_args(argv)
 
@@ -581,24 +466,20 @@ def golden_set(pipe_session: ort.InferenceSession, n: int) -> dict[str, Any]:
     }
 
 
-def write_cards(card: dict[str, Any], ml_opset: int, out_dir: Path) -> None:
+def write_cards(card: dict[str, Any], out_dir: Path) -> None:
     """Write model.json and the MODEL_CARD.md view of it.
 
     Args:
         card: The content of model.json.
-        ml_opset: Version of the ``ai.onnx.ml`` opset the graph imports.
         out_dir: The version folder.
     """
-    version = card["version"]
     (out_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    if version == MODEL_VERSION:
-        write_model_card(card, ml_opset, out_dir / "MODEL_CARD.md")
-    else:  # the view `stream-scorer models card` renders, so the two never disagree
-        from stream_scorer.lifecycle.card import render_card  # noqa: PLC0415
-        from stream_scorer.model_card import ModelCard  # noqa: PLC0415
+    # The view `stream-scorer models card` renders, so the two never disagree.
+    from stream_scorer.lifecycle.card import render_card  # noqa: PLC0415
+    from stream_scorer.model_card import ModelCard  # noqa: PLC0415
 
-        text = render_card(ModelCard.load(out_dir))
-        (out_dir / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+    text = render_card(ModelCard.load(out_dir))
+    (out_dir / "MODEL_CARD.md").write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -709,14 +590,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.golden:
         card["golden_set"] = golden_set(sess, args.golden)
-    if version != MODEL_VERSION:  # fraud/1 keeps the card it was published with
-        card.update(CARD_TEXT)
-        card["slices"] = {
-            "channel": slice_metrics(hold_cols["channel"].ravel(), y_hold, score, threshold, 8),
-            "country": slice_metrics(hold_cols["country"].ravel(), y_hold, score, threshold, 6),
-        }
-    ml_opset = next(o.version for o in model.opset_import if o.domain == "ai.onnx.ml")
-    write_cards(card, ml_opset, out_dir)
+    card.update(CARD_TEXT)
+    card["slices"] = {
+        "channel": slice_metrics(hold_cols["channel"].ravel(), y_hold, score, threshold, 8),
+        "country": slice_metrics(hold_cols["country"].ravel(), y_hold, score, threshold, 6),
+    }
+    write_cards(card, out_dir)
 
     print(f"labels agree with sklearn: {np.array_equal(label, pipe.predict(to_matrix(hold_cols)))}")
     print(f"outputs: {[(o.name, o.shape, o.type) for o in sess.get_outputs()]}")

@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``config check|example``, ``produce``, ``score-file`` and ``demo``.
+"""Command line: ``run``, ``config check|example``, ``produce``, ``score-file``, ``replay``
+and ``demo``.
 
 ``main()`` returns the exit code (README "Exit codes"):
 
@@ -117,6 +118,30 @@ def _add_config(parser: argparse.ArgumentParser, log_level: bool = True) -> None
         )
 
 
+def _add_replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``replay``: its flags (per-invocation choices; the rest is settings)."""
+    history_replay = sub.add_parser(
+        "replay",
+        help="score a historical range of a topic with a model (and another to compare), "
+        "without joining the group or committing",
+    )
+    _add_config(history_replay)
+    r = history_replay.add_argument
+    r("--topic", default=None, help="topic to read (default: topics.input)")
+    r("--from", dest="from_", metavar="N|P:N,..", help="first offset (default: earliest)")
+    r("--to", default=None, metavar="N|P:N,..", help="end offset, not read (default: the end)")
+    r("--since", default=None, metavar="TIME", help="ISO-8601 or epoch ms (offsets_for_times)")
+    r("--until", default=None, metavar="TIME", help="ISO-8601 or epoch ms: the end, not read")
+    r("--model", required=True, metavar="NAME/VERSION|NAME@ALIAS", help="the version replayed")
+    r("--against", default=None, metavar="NAME@ALIAS|NAME/VERSION", help="compare with it")
+    r("--json", action="store_true", help="the report as JSON")
+    r("--png", type=Path, default=None, help="both score distributions as a PNG (plot extra)")
+    r("--out", type=Path, default=None, help="per-event results as score-file writes them")
+    r("--top", type=int, default=10, help="most disagreements listed (default 10)")
+    r("--idle-timeout", type=_positive_float, default=30.0, metavar="S",
+      help="seconds without progress before the end is an error (default 30)")  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stream-scorer",
@@ -205,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--limit", type=_positive_int, default=None, help="most dead letters to replay"
     )
+
+    _add_replay(sub)
 
     from stream_scorer.lifecycle.commands import add_models_parser  # noqa: PLC0415 - lifecycle
 
@@ -402,6 +429,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "dead-letters":
         return _replay_dead_letters(settings, args)
+    if command == "replay":
+        from stream_scorer.replay import run_replay  # noqa: PLC0415
+
+        return run_replay(args, settings, sys.stdout)
     msg = f"unknown command {command}"
     raise AssertionError(msg)
 
