@@ -388,16 +388,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_models(args, settings, sys.stdout)
     if command == "run":
-        from stream_scorer.app import build_runner  # noqa: PLC0415
-
-        # Loading the model takes a moment; a SIGTERM meanwhile (an orchestrator scaling
-        # down) must still end in a clean stop with exit code 0, not death by signal.
-        stop = threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: stop.set())
-        log.info("starting", version=__version__, model=str(settings.model.path))
-        return build_runner(settings, stop=stop).run()
+        return _run(settings)
     if command == "produce":
         from stream_scorer.devtools.loadgen import produce_events  # noqa: PLC0415
 
@@ -407,26 +398,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         log.info("produced", events=count, topic=settings.topics.input)
         return EXIT_OK
     if command == "score-file":
-        from stream_scorer.app import event_fields, load_model, load_schema  # noqa: PLC0415
-        from stream_scorer.offline import score_file  # noqa: PLC0415
-
-        _check_avro_file(args.input)
-        if args.output is not None:
-            _check_output_file(args.output)
-        reader = load_schema(settings.schema_.reader, "schema.reader")
-        model = load_model(settings, reader)
-        fields = event_fields(settings, model.card, reader)
-        try:
-            counts = score_file(
-                args.input, model, settings.batch.max_size, args.output or sys.stdout, fields
-            )
-        except (OSError, EOFError, ValueError) as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
-            msg = f"score-file: {args.input}: {exc}"
-            raise FatalError(msg) from exc
-        log.info("scored_file", **counts)
-        return EXIT_OK
+        return _score_file(settings, args)
     if command == "dead-letters":
         return _replay_dead_letters(settings, args)
     if command == "replay":
@@ -435,6 +407,44 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_replay(args, settings, sys.stdout)
     msg = f"unknown command {command}"
     raise AssertionError(msg)
+
+
+def _run(settings: Settings) -> int:
+    """``run``: build the service from the settings and run it until stopped."""
+    from stream_scorer.app import build_runner  # noqa: PLC0415
+
+    # Loading the model takes a moment; a SIGTERM meanwhile (an orchestrator scaling
+    # down) must still end in a clean stop with exit code 0, not death by signal.
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    log.info("starting", version=__version__, model=str(settings.model.path))
+    return build_runner(settings, stop=stop).run()
+
+
+def _score_file(settings: Settings, args: argparse.Namespace) -> int:
+    """``score-file``: the stream's scoring policy over an Avro container file."""
+    from stream_scorer.app import event_fields, load_model, load_schema  # noqa: PLC0415
+    from stream_scorer.offline import score_file  # noqa: PLC0415
+
+    _check_avro_file(args.input)
+    if args.output is not None:
+        _check_output_file(args.output)
+    reader = load_schema(settings.schema_.reader, "schema.reader")
+    model = load_model(settings, reader)
+    fields = event_fields(settings, model.card, reader)
+    try:
+        counts = score_file(
+            args.input, model, settings.batch.max_size, args.output or sys.stdout, fields
+        )
+    except (OSError, EOFError, ValueError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        msg = f"score-file: {args.input}: {exc}"
+        raise FatalError(msg) from exc
+    log.info("scored_file", **counts)
+    return EXIT_OK
 
 
 def _check_avro_file(path: Path) -> None:
