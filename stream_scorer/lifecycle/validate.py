@@ -53,6 +53,7 @@ from numpy.typing import NDArray
 from stream_scorer.decision import DecisionPolicy
 from stream_scorer.errors import ConfigurationError, ModelError
 from stream_scorer.flag import flag_scores
+from stream_scorer.integrity import card_file_hashes
 from stream_scorer.lifecycle.repository import ModelRepository
 from stream_scorer.model_card import ModelCard, bind_to_schema, file_sha256
 from stream_scorer.model_set import LoadedModel, load_model
@@ -650,13 +651,13 @@ def _band_gates(
 
 
 def _hashes(card: ModelCard) -> Gate:
-    """The ONNX file and any other file the card lists (``files``: {name: sha256})."""
-    expected: dict[str, str] = {}
-    if card.sha256 is not None:
-        expected["model.onnx"] = card.sha256
-    files = card.raw.get("files", {})
-    if isinstance(files, Mapping):
-        expected.update({str(k): str(v) for k, v in files.items()})
+    """Every file the card vouches for, read by the service's own rule
+    (:func:`~stream_scorer.integrity.card_file_hashes`: ``files``, or the older ``sha256``;
+    the two disagreeing is a failure, as it is for the service)."""
+    try:
+        expected = card_file_hashes(card)
+    except ConfigurationError as exc:
+        return Gate("hashes", "FAIL", "inconsistent card", "sha256 of every file", str(exc))
     if not expected:
         return Gate("hashes", "FAIL", "none in card", "sha256 of every file")
     wrong = []

@@ -161,18 +161,18 @@ def test_unknown_version_exits_2(config: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_shipped_card_view_is_the_rendered_card() -> None:
-    """fraud/2's MODEL_CARD.md is exactly what `models card` renders from its model.json."""
+    """Each shipped fraud version's MODEL_CARD.md is exactly what `models card` renders from its
+    model.json, slices by channel and country included."""
     from stream_scorer.lifecycle.card import render_card  # noqa: PLC0415
     from stream_scorer.model_card import ModelCard  # noqa: PLC0415
 
-    folder = REPO_ROOT / "models/fraud/2"
-    assert (folder / "MODEL_CARD.md").read_text() == render_card(ModelCard.load(folder))
-    text = render_card(ModelCard.load(folder))
-    assert "### By channel" in text
-    assert "### By country" in text
-    # fraud/1 predates those fields: the view says so instead of leaving sections out.
-    old = render_card(ModelCard.load(REPO_ROOT / "models/fraud/1"))
-    assert "## Ethical considerations\n\n_Not stated in the card._" in old
+    for version in ("1", "2"):
+        folder = REPO_ROOT / "models/fraud" / version
+        text = render_card(ModelCard.load(folder))
+        assert (folder / "MODEL_CARD.md").read_text() == text
+        assert "### By channel" in text
+        assert "### By country" in text
+        assert "_Not stated in the card._" not in text
 
 
 @pytest.mark.slow

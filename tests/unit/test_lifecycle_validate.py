@@ -76,10 +76,17 @@ def test_shipped_versions_pass_against_each_other(repo: ModelRepository) -> None
     assert "champion" in next(g.bound for g in report.gates if g.name == "recall")
 
 
-def test_fraud_1_passes_alone_and_skips_the_golden_set(repo: ModelRepository) -> None:
-    """fraud/1's card has no golden set: that gate is SKIP, not a pass claimed."""
+def test_fraud_1_passes_alone_and_reproduces_its_golden_set(repo: ModelRepository) -> None:
+    """fraud/1 passes every gate alone, its golden set reproduced."""
     report = run(repo, "1")
     assert report.passed, report.table()
+    assert status(report)["golden set"] == "PASS"
+
+
+def test_card_without_a_golden_set_skips_that_gate(repo: ModelRepository) -> None:
+    """A card with no golden set: that gate is SKIP, not a pass claimed."""
+    version = craft(repo, "1", lambda card, folder: card.pop("golden_set"))
+    report = run(repo, version)
     assert status(report)["golden set"] == "SKIP"
 
 
