@@ -126,12 +126,16 @@ def _per_event_us(rate: float | None) -> float | None:
 def summarize(
     rates: Mapping[str, Sequence[float | None]],
     plain_model_us: Sequence[float | None],
+    shadow_own_us: Sequence[float | None] = (),
 ) -> dict[str, Any]:
     """What the rounds come to.
 
     Args:
         rates: Events/s per variant, one value per round (None where a run gave none).
         plain_model_us: The plain run's featurize + score µs per event, per round.
+        shadow_own_us: The shadow's own featurize + score µs per event, per round (from
+            ``stream_scorer_shadow_seconds_total``): the other side of the same comparison,
+            timed inside the run rather than as a difference of two noisy rates.
 
     Returns:
         Per variant against plain, :func:`bench.alternate.compare`'s dict (``ratio_of_medians``
@@ -179,6 +183,8 @@ def summarize(
     out["shadow_cost_vs_model"] = ratio
     out["shadow_target"] = SHADOW_TARGET
     out["shadow_verdict"] = "n/a" if ratio is None else "PASS" if ratio <= SHADOW_TARGET else "MISS"
+    own = [v for v in shadow_own_us if v]
+    out["shadow_own_us_per_event"] = round(statistics.median(own), 3) if own else None
     out["canary_cost"] = (
         round(1 - medians["canary"] / medians["plain"], 4) if "canary" in medians else None
     )

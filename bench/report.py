@@ -300,7 +300,7 @@ def promotion_lines(results: dict[str, Any]) -> list[str]:
         f"Live promotion fraud/1 -> fraud/2 ({window:g} s windows by event time: before, then "
         "around the promotion; p99 of alert LogAppendTime - event_time)",
         f"  {'offered/s':>10}{'p99 before':>12}{'p99 around':>12}{'ratio':>8}  alerts "
-        "before/around; applied after; alerts by version; serving at the end",
+        "before/around; applied after; alerts by version; serving at the end; load reached",
     ]
     for load, row in runs.items():
         before, around = row["before"], row["around"]
@@ -308,7 +308,8 @@ def promotion_lines(results: dict[str, Any]) -> list[str]:
             f"  {_fmt(int(load)):>10}{_fmt(before.get('p99_ms'), 1):>9} ms"
             f"{_fmt(around.get('p99_ms'), 1):>9} ms{_fmt(row.get('p99_ratio'), 2):>7}x  "
             f"{before['count']}/{around['count']}; {_fmt(row.get('applied_after_s'), 2)} s; "
-            f"{row.get('alerts_by_version')}; {', '.join(row.get('serving') or ['-'])}"
+            f"{row.get('alerts_by_version')}; {', '.join(row.get('serving') or ['-'])}; "
+            f"{_fmt(row.get('achieved_offered_events_per_s'))}/s"
             + (" ROLLED BACK" if row.get("rolled_back") else "")
         )
     return out
@@ -339,7 +340,8 @@ def monitoring_lines(results: dict[str, Any]) -> list[str]:
         f"  drift: {'-' if cost is None else f'{cost:.1%}'} of throughput (target <= 5 %); "
         f"shadow: {_fmt(summary.get('shadow_extra_us_per_event'), 2)} µs/event extra against "
         f"its model's {_fmt(summary.get('model_us_per_event'), 2)} µs/event (featurize + "
-        f"score) = {_fmt(summary.get('shadow_cost_vs_model'), 2)}x (target <= 1x); canary at "
+        f"score) = {_fmt(summary.get('shadow_cost_vs_model'), 2)}x (target <= 1x; its own "
+        f"time {_fmt(summary.get('shadow_own_us_per_event'), 2)} µs/event); canary at "
         f"{summary.get('canary_fraction', 0):.0%}: "
         + ("-" if summary.get("canary_cost") is None else f"{summary['canary_cost']:.1%}")
     )

@@ -664,7 +664,8 @@ class Harness:
             self._wait_joined(group, processes, tag)
             producer = spawn(producer_argv, self.logs / f"{tag}-producer.log")
             self.running.append(producer)
-            due = time.monotonic() + promotion.promote_offset_s(warmup_s, window_s)
+            produce_started = time.monotonic()
+            due = produce_started + promotion.promote_offset_s(warmup_s, window_s)
             try:
                 # A timer, not a synchronisation: the promotion is made at a planned instant.
                 while time.monotonic() < due and producer.poll() is None:
@@ -680,6 +681,7 @@ class Harness:
             finally:
                 terminate(producer)
                 self.running.remove(producer)
+            produce_s = time.monotonic() - produce_started
             measurement = measure_run(
                 self.cluster, processes, self._log_paths(tag, 1), group, topics["input"],
                 count, DRAIN_TIMEOUT_S,
@@ -699,7 +701,10 @@ class Harness:
         row.update(
             offered_events_per_s=load,
             produced=self.cluster.count_messages(topics["input"]),
+            # The producer shares the machine: on a busy host it falls short of the rate asked.
+            achieved_offered_events_per_s=round(count / produce_s, 1),
             drain_timed_out=measurement.timed_out,
+            drain_s=round(measurement.wall_s, 2),
             promote_cli=done.stdout.strip(),
             applied_after_s=(
                 round((_epoch_ms(applied[0].at) - promote_ms) / 1e3, 3) if applied else None
@@ -745,6 +750,7 @@ class Harness:
         summary = monitoring_cost.summarize(
             {name: [r["events_per_s"] if r else None for r in rows] for name, rows in runs.items()},
             [r.get("model_us_per_event") if r else None for r in runs["plain"]],
+            [_shadow_us(r) for r in runs["shadow"]],
         )
         summary["rounds"] = rounds
         summary["variants"] = variants
@@ -765,6 +771,14 @@ class Harness:
         )
         self.results["scores_topic"] = row
         self._say(f"  ratio {row['ratio']} (target >= {row['target_ratio']}): {row['verdict']}")
+
+
+def _shadow_us(row: dict[str, Any] | None) -> float | None:
+    """The shadow's own seconds per consumed event, in µs, from a monitoring run's counters."""
+    if not row or not row.get("consumed"):
+        return None
+    seconds = row.get("counters", {}).get("stream_scorer_shadow_seconds")
+    return None if seconds is None else float(seconds) / float(row["consumed"]) * 1e6
 
 
 def _fmt_ms(value: float | None) -> str:

@@ -81,6 +81,7 @@ def test_summarize_drift_cost_and_shadow_against_model_time() -> None:
     result = summarize(
         {"plain": plain, "drift": [97_000.0] * 3, "shadow": shadow, "canary": [90_000.0] * 3},
         [4.0, 4.2, 3.8],
+        [3.0, None, 5.0],
     )
     assert result["drift_cost"] == pytest.approx(0.03)
     assert result["drift_verdict"] == "PASS"
@@ -88,6 +89,7 @@ def test_summarize_drift_cost_and_shadow_against_model_time() -> None:
     assert result["shadow_extra_us_per_event"] == pytest.approx(2.0)
     assert result["shadow_cost_vs_model"] == 0.5
     assert result["shadow_verdict"] == "PASS"
+    assert result["shadow_own_us_per_event"] == 4.0
     assert result["canary_cost"] == pytest.approx(0.1)
     assert result["vs_plain"]["drift"]["round_ratios"] == [0.97, 0.97, 0.97]
 
@@ -99,6 +101,7 @@ def test_summarize_misses_targets_it_does_not_meet() -> None:
     assert result["shadow_cost_vs_model"] == 2.0
     assert result["shadow_verdict"] == "MISS"
     assert result["canary_cost"] is None
+    assert result["shadow_own_us_per_event"] is None
 
 
 def test_summarize_uses_the_median_and_skips_missing_runs() -> None:

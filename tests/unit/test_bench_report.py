@@ -18,6 +18,7 @@ def _promotion(ratio: float | None) -> dict[str, Any]:
         "applied_after_s": 1.2,
         "serving": ["fraud/2"],
         "rolled_back": False,
+        "achieved_offered_events_per_s": 4870.2,
     }
 
 
@@ -35,6 +36,7 @@ RESULTS: dict[str, Any] = {
             "shadow_extra_us_per_event": 2.5,
             "model_us_per_event": 3.0,
             "shadow_cost_vs_model": 0.833,
+            "shadow_own_us_per_event": 2.75,
             "canary_cost": None,
             "canary_fraction": 0.1,
         }
@@ -75,10 +77,12 @@ def test_tables_show_each_new_phase_beside_the_targets() -> None:
     text = format_tables({**RESULTS, "targets": evaluate_targets(RESULTS)})
     assert "Live promotion fraud/1 -> fraud/2 (60 s windows" in text
     assert "     5,000     40.0 ms     48.0 ms   1.20x  1500/1490; 1.20 s;" in text
+    assert "; fraud/2; 4,870/s" in text
     assert "Monitoring cost, 3 alternating round(s)" in text
     assert "  drift        97,000 events/s  0.970  0.96, 0.97, 0.98" in text
     assert "drift: 3.0% of throughput (target <= 5 %)" in text
     assert "2.50 µs/event extra against its model's 3.00 µs/event" in text
+    assert "its own time 2.75 µs/event" in text
     assert "scores-on 65,000 events/s: 0.650x (target >= 0.7)" in text
     assert "Targets (issues 4, 10, 11, 14)" in text
     assert "MISS p99 around a promotion / before, 20,000 events/s" in text
