@@ -47,6 +47,7 @@ from stream_scorer.settings import load_settings
 
 __all__ = [
     "REPO",
+    "Alerts",
     "Cluster",
     "Dataset",
     "LatencySample",
@@ -191,6 +192,15 @@ class LatencySample:
     alerts: int
     discarded: int
     non_log_append: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alerts:
+    """Every stream-scorer alert of a topic: source event time, broker time, model version."""
+
+    event_ms: list[int]
+    stamp_ms: list[int]
+    versions: list[str]
 
 
 class Cluster:
@@ -364,6 +374,26 @@ class Cluster:
         return LatencySample(
             np.asarray(latencies, dtype=np.float64), alerts, discarded, non_log_append
         )
+
+    def read_alerts(self, topic: str, timeout_s: float = 120.0) -> Alerts:
+        """Source ``event_time``, broker timestamp and ``model_version`` of every alert.
+
+        stream-scorer alerts only (Confluent-framed Avro, schema from the registry); a message
+        that is not one is an error, since the phases that read this run stream-scorer alone.
+        """
+        ends = self.end_offsets(topic)
+        decoder = ConfluentAvroDecoder(self.registry_url)
+        alerts = Alerts([], [], [])
+        for message in self._read_all(topic, ends, timeout_s):
+            value = message.value()
+            if value is None or value[:1] != b"\x00":
+                msg = f"{topic}: offset {message.offset()} is not a Confluent-framed alert"
+                raise ValueError(msg)
+            record = decoder.decode(value)
+            alerts.event_ms.append(event_time_ms(record["event_time"]))
+            alerts.stamp_ms.append(int(message.timestamp()[1]))
+            alerts.versions.append(str(record["model_version"]))
+        return alerts
 
     def count_messages(self, topic: str) -> int:
         """Messages in ``topic`` (sum of high watermarks; no compaction or deletion here)."""

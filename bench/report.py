@@ -21,8 +21,11 @@ __all__ = [
     "evaluate_targets",
     "format_tables",
     "machine_info",
+    "monitoring_lines",
     "pipelining_lines",
     "plot_results",
+    "promotion_lines",
+    "scores_topic_lines",
 ]
 
 #: The issue's targets: (id, description, kind, threshold).
@@ -36,6 +39,14 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("rss", "stream-scorer peak RSS at full speed (MB)", "max", 300.0),
     # "Flat over a 5-minute run": RSS in the last minute at most 10 % above minute 2's.
     ("rss_flat", "stream-scorer RSS growth over the soak (%)", "max", 10.0),
+    # Issue 10: p99 in the minute around a promotion against the minute before.
+    ("promotion_5k", "p99 around a promotion / before, 5,000 events/s", "max", 1.5),
+    ("promotion_20k", "p99 around a promotion / before, 20,000 events/s", "max", 1.5),
+    # Issue 11: drift at most 5 % of throughput; a same-size shadow at most its model time.
+    ("drift_cost", "drift on: throughput lost against plain (%)", "max", 5.0),
+    ("shadow_cost", "one same-size shadow: extra time / its model time", "max", 1.0),
+    # Issue 14: the scores topic on at least 70 % of the alerts-only rate.
+    ("scores_topic", "scores topic on / alerts-only throughput", "min", 0.70),
 )
 #: Contenders in table order; stream-scorer first, it is the reference of every ratio. (Results
 #: files from before the pipelining phase also have a single ``stream-scorer-barrier`` row.)
@@ -133,6 +144,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     bare_rate = limits.get("bare_consume", {}).get("events_per_s")
     limit = min(model_rate, bare_rate) if model_rate and bare_rate else None
     p99 = results.get("latency", {}).get("stream-scorer", {}).get("20000", {}).get("p99_ms")
+    promotion = results.get("promotion", {})
+    monitoring = results.get("monitoring", {}).get("summary", {})
+    drift_cost = monitoring.get("drift_cost")
     measured: dict[str, float | None] = {
         "absolute": scorer.get("events_per_s"),
         "limit": scorer["events_per_s"] / limit if limit and scorer.get("events_per_s") else None,
@@ -142,6 +156,11 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "p99_20k": p99,
         "rss": scorer.get("peak_rss_mb"),
         "rss_flat": results.get("soak", {}).get("growth_percent"),
+        "promotion_5k": promotion.get("5000", {}).get("p99_ratio"),
+        "promotion_20k": promotion.get("20000", {}).get("p99_ratio"),
+        "drift_cost": None if drift_cost is None else 100 * drift_cost,
+        "shadow_cost": monitoring.get("shadow_cost_vs_model"),
+        "scores_topic": results.get("scores_topic", {}).get("ratio"),
     }
     verdicts = []
     for target_id, description, kind, threshold in TARGETS:
@@ -212,6 +231,9 @@ def _detail_lines(results: dict[str, Any]) -> list[str]:
                 f"{row.get('consumed_by_member', '-')}"
             )
     out += pipelining_lines(results)
+    out += promotion_lines(results)
+    out += monitoring_lines(results)
+    out += scores_topic_lines(results)
     soak = results.get("soak")
     if soak:
         out += [
@@ -267,6 +289,80 @@ def pipelining_lines(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def promotion_lines(results: dict[str, Any]) -> list[str]:
+    """The promotion phase: p99 before and around, the ratio, and that the swap happened."""
+    runs = results.get("promotion")
+    if not runs:
+        return []
+    window = next(iter(runs.values())).get("window_s", 0)
+    out = [
+        "",
+        f"Live promotion fraud/1 -> fraud/2 ({window:g} s windows by event time: before, then "
+        "around the promotion; p99 of alert LogAppendTime - event_time)",
+        f"  {'offered/s':>10}{'p99 before':>12}{'p99 around':>12}{'ratio':>8}  alerts "
+        "before/around; applied after; alerts by version; serving at the end; load reached",
+    ]
+    for load, row in runs.items():
+        before, around = row["before"], row["around"]
+        out.append(
+            f"  {_fmt(int(load)):>10}{_fmt(before.get('p99_ms'), 1):>9} ms"
+            f"{_fmt(around.get('p99_ms'), 1):>9} ms{_fmt(row.get('p99_ratio'), 2):>7}x  "
+            f"{before['count']}/{around['count']}; {_fmt(row.get('applied_after_s'), 2)} s; "
+            f"{row.get('alerts_by_version')}; {', '.join(row.get('serving') or ['-'])}; "
+            f"{_fmt(row.get('achieved_offered_events_per_s'))}/s"
+            + (" ROLLED BACK" if row.get("rolled_back") else "")
+        )
+    return out
+
+
+def monitoring_lines(results: dict[str, Any]) -> list[str]:
+    """The monitoring phase: each variant's median rate against plain, and the two costs."""
+    summary = results.get("monitoring", {}).get("summary")
+    if not summary:
+        return []
+    out = [
+        "",
+        f"Monitoring cost, {summary['rounds']} alternating round(s) over the whole data set "
+        "(ratio = variant / plain; per round)",
+    ]
+    medians = summary["median_events_per_s"]
+    for name, rate in medians.items():
+        row = summary["vs_plain"].get(name)
+        ratios = (
+            ""
+            if row is None
+            else f"{row['ratio_of_medians']:.3f}  "
+            + ", ".join(f"{r:.2f}" for r in row["round_ratios"])
+        )
+        out.append(f"  {name:<8}{_fmt(rate):>11} events/s  {ratios}")
+    cost = summary.get("drift_cost")
+    out.append(
+        f"  drift: {'-' if cost is None else f'{cost:.1%}'} of throughput (target <= 5 %); "
+        f"shadow: {_fmt(summary.get('shadow_extra_us_per_event'), 2)} µs/event extra against "
+        f"its model's {_fmt(summary.get('model_us_per_event'), 2)} µs/event (featurize + "
+        f"score) = {_fmt(summary.get('shadow_cost_vs_model'), 2)}x (target <= 1x; its own "
+        f"time {_fmt(summary.get('shadow_own_us_per_event'), 2)} µs/event); canary at "
+        f"{summary.get('canary_fraction', 0):.0%}: "
+        + ("-" if summary.get("canary_cost") is None else f"{summary['canary_cost']:.1%}")
+    )
+    return out
+
+
+def scores_topic_lines(results: dict[str, Any]) -> list[str]:
+    """The scores-topic phase: alerts-only and scores-on medians and their ratio."""
+    row = results.get("scores_topic")
+    if not row:
+        return []
+    medians = row.get("median_events_per_s", {})
+    return [
+        "",
+        f"Scores topic, {row.get('repeats', '-')} alternating run(s) each over the whole data set",
+        f"  alerts-only {_fmt(medians.get('alerts-only'))} events/s, scores-on "
+        f"{_fmt(medians.get('scores-on'))} events/s: {_fmt(row.get('ratio'), 3)}x "
+        f"(target >= {row.get('target_ratio', 0.7):g})",
+    ]
+
+
 def format_tables(results: dict[str, Any]) -> str:
     """The human-readable summary: contenders, limits, stages, sweep, scaling, targets."""
     out: list[str] = []
@@ -298,7 +394,7 @@ def format_tables(results: dict[str, Any]) -> str:
             line += f"{cell:>28}"
         out.append(line)
     out += _detail_lines(results)
-    out += ["", "Targets (issue 4)"]
+    out += ["", "Targets (issues 4, 10, 11, 14)"]
     for verdict in results.get("targets", []):
         out.append(
             f"  {verdict['status']:<5}{verdict['target']:<52}{verdict['threshold']:>10}"

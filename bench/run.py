@@ -12,7 +12,12 @@ Schema Registry, pre-produces a fixed data set of synthetic transactions, then m
 * end-to-end latency (alert ``LogAppendTime`` minus source ``event_time``) of every contender
   at fixed offered loads from a separate producer process (``stream-scorer produce``);
 * pipelined against barrier delivery: both configurations in alternating rounds, for throughput
-  and for latency at each offered load, as medians with their spread and ratios.
+  and for latency at each offered load, as medians with their spread and ratios;
+* p99 latency in the minute around a live promotion (fraud/1 -> fraud/2 with ``stream-scorer
+  models promote``) against the minute before, at each offered load (issue 10);
+* throughput plain, with drift, with one same-size shadow and with a canary, in alternating
+  rounds (issue 11);
+* throughput with the scores topic on beside alerts-only (``bench/scores_topic.py``, issue 14).
 
 It writes ``bench/results/results.json`` and PNG plots, and prints a table with ratios to
 stream-scorer and the issue's targets marked PASS or MISS. ``--quick`` shrinks everything for a
@@ -42,11 +47,14 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import monitoring_cost, promotion, scores_topic
 from bench.alternate import compare, run_order
 from bench.infra import REPO, Cluster, spawn, terminate, write_scorer_config
 from bench.monitor import RunMeasurement, TreeSampler, measure_run
 from bench.report import evaluate_targets, format_tables, machine_info, plot_results
 from scripts.kafka_broker import find_free_ports
+from stream_scorer.lifecycle import promote
+from stream_scorer.lifecycle.repository import ModelRepository
 from stream_scorer.model_card import ModelCard
 from stream_scorer.score import default_intra_op_threads
 
@@ -94,6 +102,23 @@ DEFAULT_AB_ROUNDS = 3
 #: Offered load (events/s) of the memory soak, and how often its RSS is sampled.
 SOAK_LOAD = 20_000
 SOAK_SAMPLE_S = 1.0
+#: Length of each window of the promotion phase: the issue's minute (quick: 10 s).
+DEFAULT_PROMOTION_WINDOW_S = 60.0
+#: Seconds of the promotion phase's producer before its "before" window opens: the scorer's
+#: first seconds under load (a backlog from the join, first batches of each size) are not
+#: the steady state a promotion interrupts (2 s left a p99 of 800 ms in a 10 s window).
+PROMOTION_WARMUP_S = 5.0
+#: Rounds of the monitoring phase (each round one run of each of its four variants).
+DEFAULT_MONITORING_ROUNDS = 3
+#: Metric families the monitoring and promotion phases read from the scorer's /metrics.
+WATCHED_METRICS = (
+    "stream_scorer_shadow_seconds",
+    "stream_scorer_shadow_records_scored",
+    "stream_scorer_shadow_dropped",
+    "stream_scorer_drift_windows",
+    "stream_scorer_drift_records_skipped",
+    "stream_scorer_model_swaps",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +140,9 @@ class Plan:
     limits: bool = True
     throughput: bool = True
     ab_rounds: int = 0
+    promotion_window_s: float = 0.0
+    monitoring_rounds: int = 0
+    scores_topic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +181,16 @@ class Harness:
         return {"alerts": alerts, "dead_letter": dlq}
 
     def _launch(
-        self, contender: str, group: str, topics: dict[str, str], batch_size: int, tag: str
+        self,
+        contender: str,
+        group: str,
+        topics: dict[str, str],
+        batch_size: int,
+        tag: str,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> Launch:
-        """The command line of ``contender`` reading ``topics['input']``."""
+        """The command line of ``contender`` reading ``topics['input']``; ``overrides`` sets
+        stream-scorer config sections (default: the variant's, if ``contender`` is one)."""
         python = sys.executable
         if contender == "stream-scorer" or contender in VARIANT_OVERRIDES:
             port = find_free_ports(1)[0]
@@ -167,7 +202,7 @@ class Harness:
                 self.cluster.registry_url,
                 batch_size,
                 port,
-                VARIANT_OVERRIDES.get(contender),
+                overrides if overrides is not None else VARIANT_OVERRIDES.get(contender),
             )
             script = Path(python).parent / "stream-scorer"
             argv = [str(script)] if script.exists() else [python, "-m", "stream_scorer"]
@@ -282,6 +317,7 @@ class Harness:
         members: int = 1,
         topics: dict[str, str] | None = None,
         group_rate: bool = False,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[RunMeasurement, dict[str, Any] | None, dict[str, str]]:
         """One contender over the data set; returns the measurement and its /metrics.
 
@@ -291,7 +327,8 @@ class Harness:
         group = self._name(tag)
         topics = {"input": self.input_topic, **(topics or self._output_topics(tag))}
         launches = [
-            self._launch(contender, group, topics, batch_size, f"{tag}-{i}") for i in range(members)
+            self._launch(contender, group, topics, batch_size, f"{tag}-{i}", overrides)
+            for i in range(members)
         ]
         metrics: dict[str, Any] | None = None
         with self._started(launches, tag) as processes:
@@ -452,7 +489,13 @@ class Harness:
         return row
 
     def _loaded_run(
-        self, contender: str, tag: str, load: int, count: int, seed: int
+        self,
+        contender: str,
+        tag: str,
+        load: int,
+        count: int,
+        seed: int,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[str, dict[str, str], Launch, list[str]]:
         """Fresh topics for a run under offered load: the contender's group, topics and launch,
         and the command line of a ``stream-scorer produce`` writing ``count`` events at
@@ -462,7 +505,7 @@ class Harness:
             **self._output_topics(tag),
         }
         group = self._name(tag)
-        launch = self._launch(contender, group, topics, BATCH_SIZE, tag)
+        launch = self._launch(contender, group, topics, BATCH_SIZE, tag, overrides)
         producer_config = write_scorer_config(
             self.configs / f"{tag}-producer.toml",
             self.cluster.bootstrap,
@@ -568,6 +611,188 @@ class Harness:
                 summary[f"{key[:-3]}_ms_at_{load}"] = compare(a, b, values[a], values[b], "lower")
         self.results["pipelining"] = {"summary": summary, "runs": runs}
 
+    def promotion(self) -> None:
+        """p99 latency in the window around a live promotion against the window before.
+
+        At each offered load: stream-scorer with ``lifecycle.watch = "file"`` on a fresh state
+        folder where fraud/1 is the champion, a paced producer, and ``stream-scorer models
+        promote fraud/2`` (forced: the gates are ``models validate``'s business, not this
+        phase's) once the warm-up and the "before" window have passed (bench/promotion.py).
+        """
+        window_s = self.plan.promotion_window_s
+        self.results["promotion"] = {}
+        for load in self.plan.loads:
+            self._say(f"promotion: fraud/1 -> fraud/2 at {load:,}/s, {window_s:.0f} s windows")
+            row = self._promotion_run(load, window_s)
+            self.results["promotion"][str(load)] = row
+            self._say(
+                f"  p99 {_fmt_ms(row['before'].get('p99_ms'))} before, "
+                f"{_fmt_ms(row['around'].get('p99_ms'))} around ({row['around']['count']} "
+                f"alerts): {row['p99_ratio']}x (target <= {promotion.TARGET_RATIO}x); applied "
+                f"{row['applied_after_s']} s after the promotion; serving {row['serving']}"
+                + (" ROLLED BACK" if row["rolled_back"] else "")
+            )
+
+    def _promotion_run(self, load: int, window_s: float) -> dict[str, Any]:
+        """One promotion under ``load`` events/s; what :func:`promotion.summarize` makes of it."""
+        tag = f"promo-{load}"
+        state_dir = RESULTS_DIR / "lifecycle" / tag
+        shutil.rmtree(state_dir, ignore_errors=True)
+        repo = ModelRepository(REPO / "models", state_dir)
+        promote(repo, "fraud", "1", by="bench", force=True, reason="bench: the starting champion")
+        overrides: dict[str, dict[str, Any]] = {
+            "lifecycle": {
+                "watch": "file",
+                "repository": str(REPO / "models"),
+                "state_dir": str(state_dir),
+                # One swap is what is measured: on 2 shared cores the shipped latency rule
+                # rolled fraud/2 back 3 s after the swap at 20k/s (a second swap inside the
+                # window). Any rollback still shows in the history and as rolled_back.
+                "auto_rollback": False,
+            }
+        }
+        warmup_s = PROMOTION_WARMUP_S
+        count = int(load * promotion.producer_seconds(warmup_s, window_s))
+        group, topics, launch, producer_argv = self._loaded_run(
+            "stream-scorer", tag, load, count, DATASET_SEED + load + 10, overrides
+        )
+        promote_argv = [
+            producer_argv[0], "models", "promote", "fraud/2", "--config",
+            str(self.configs / f"{tag}.toml"), "--force", "--reason", "bench: promotion phase",
+        ]  # fmt: skip
+        with self._started([launch], tag) as processes:
+            self._wait_joined(group, processes, tag)
+            producer = spawn(producer_argv, self.logs / f"{tag}-producer.log")
+            self.running.append(producer)
+            produce_started = time.monotonic()
+            due = produce_started + promotion.promote_offset_s(warmup_s, window_s)
+            try:
+                # A timer, not a synchronisation: the promotion is made at a planned instant.
+                while time.monotonic() < due and producer.poll() is None:
+                    time.sleep(0.05)
+                done = subprocess.run(
+                    promote_argv, cwd=REPO, capture_output=True, text=True, check=False,
+                    timeout=120,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    msg = f"models promote failed: {done.stderr[-2000:]}"
+                    raise RuntimeError(msg)
+                producer.wait(promotion.producer_seconds(warmup_s, window_s) * 3 + 60)
+            finally:
+                terminate(producer)
+                self.running.remove(producer)
+            produce_s = time.monotonic() - produce_started
+            measurement = measure_run(
+                self.cluster, processes, self._log_paths(tag, 1), group, topics["input"],
+                count, DRAIN_TIMEOUT_S,
+            )  # fmt: skip
+            metrics = _scrape(str(launch.metrics_url))
+        history = repo.history("fraud")
+        promoted = [e for e in history if e.action in ("promote", "force") and e.version == "2"]
+        if not promoted:
+            msg = "the promotion of fraud/2 is not in the history"
+            raise RuntimeError(msg)
+        promote_ms = _epoch_ms(promoted[-1].at)
+        applied = [e for e in history if e.action == "applied" and e.version == "2"]
+        alerts = self.cluster.read_alerts(topics["alerts"])
+        row = promotion.summarize(
+            alerts.event_ms, alerts.stamp_ms, alerts.versions, promote_ms, window_s, "2"
+        )
+        row.update(
+            offered_events_per_s=load,
+            produced=self.cluster.count_messages(topics["input"]),
+            # The producer shares the machine: on a busy host it falls short of the rate asked.
+            achieved_offered_events_per_s=round(count / produce_s, 1),
+            drain_timed_out=measurement.timed_out,
+            drain_s=round(measurement.wall_s, 2),
+            promote_cli=done.stdout.strip(),
+            applied_after_s=(
+                round((_epoch_ms(applied[0].at) - promote_ms) / 1e3, 3) if applied else None
+            ),
+            history=[f"{e.at} {e.action} fraud/{e.version} by {e.by}" for e in history],
+            rolled_back=any(e.action in ("auto-rollback", "rollback") for e in history),
+            model_swaps=metrics["counters"].get("stream_scorer_model_swaps"),
+            serving=metrics["serving"],
+        )
+        return row
+
+    def monitoring(self) -> None:
+        """Throughput plain, with drift, with one same-size shadow and with a canary.
+
+        Alternating rounds (forwards, then backwards: bench/monitoring_cost.py), each run over
+        the whole data set from the beginning with its own group; the plain runs' stage sums
+        give the champion's own model time, which a shadow of the same size should not exceed.
+        """
+        shadow = monitoring_cost.write_same_size_shadow(
+            REPO / "models" / "fraud" / "1", RESULTS_DIR / "models"
+        )
+        variants = monitoring_cost.overrides(shadow, REPO / "models" / "fraud" / "2")
+        rounds = self.plan.monitoring_rounds
+        runs: dict[str, list[Any]] = {name: [None] * rounds for name in variants}
+        for i, name in monitoring_cost.rotation_order(rounds, tuple(variants)):
+            self._say(f"monitoring: round {i + 1}/{rounds}, {name}")
+            measurement, metrics, topics = self._throughput_run(
+                "stream-scorer", f"mon{i}-{name}", overrides=variants[name]
+            )
+            row = measurement.as_dict()
+            row["alerts"] = self.cluster.count_messages(topics["alerts"])
+            if metrics is not None:
+                row["counters"] = metrics["counters"]
+                row["consumed"] = metrics["consumed"]
+                row["model_us_per_event"] = monitoring_cost.model_us_per_event(
+                    metrics["stages"], metrics["consumed"]
+                )
+            runs[name][i] = row
+            self._say(
+                f"  {measurement.events_per_s:,.0f} events/s, {row['alerts']} alerts"
+                + (" TIMED OUT" if measurement.timed_out else "")
+            )
+        summary = monitoring_cost.summarize(
+            {name: [r["events_per_s"] if r else None for r in rows] for name, rows in runs.items()},
+            [r.get("model_us_per_event") if r else None for r in runs["plain"]],
+            [_shadow_us(r) for r in runs["shadow"]],
+        )
+        summary["rounds"] = rounds
+        summary["variants"] = variants
+        self.results["monitoring"] = {"summary": summary, "runs": runs}
+        self._say(
+            f"  drift costs {_fmt_pct(summary['drift_cost'])} (target <= 5 %); the shadow "
+            f"{summary['shadow_extra_us_per_event']} µs/event against its model's "
+            f"{summary['model_us_per_event']} ({summary['shadow_cost_vs_model']}x, target <= 1x);"
+            f" canary at {monitoring_cost.CANARY_FRACTION:.0%} costs "
+            f"{_fmt_pct(summary['canary_cost'])}"
+        )
+
+    def scores(self) -> None:
+        """Throughput with the scores topic on beside alerts-only (bench/scores_topic.py)."""
+        self._say("scores topic: alerts-only against scores-on")
+        row = scores_topic.measure(
+            self.cluster, self.input_topic, self.plan.events, RESULTS_DIR / "scores-topic"
+        )
+        self.results["scores_topic"] = row
+        self._say(f"  ratio {row['ratio']} (target >= {row['target_ratio']}): {row['verdict']}")
+
+
+def _shadow_us(row: dict[str, Any] | None) -> float | None:
+    """The shadow's own seconds per consumed event, in µs, from a monitoring run's counters."""
+    if not row or not row.get("consumed"):
+        return None
+    seconds = row.get("counters", {}).get("stream_scorer_shadow_seconds")
+    return None if seconds is None else float(seconds) / float(row["consumed"]) * 1e6
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _epoch_ms(stamp: str) -> int:
+    """A history entry's ISO timestamp (``...Z``) as epoch milliseconds."""
+    return int(dt.datetime.fromisoformat(stamp).timestamp() * 1000)
+
 
 def _scrape(url: str) -> dict[str, Any]:
     """stage_duration_seconds sums and counts from a stream-scorer /metrics endpoint."""
@@ -575,9 +800,21 @@ def _scrape(url: str) -> dict[str, Any]:
         text = response.read().decode()
     stages: dict[str, dict[str, float]] = {}
     consumed = 0.0
+    counters: dict[str, float] = {}
+    serving: list[str] = []
     for family in text_string_to_metric_families(text):
         if family.name == "stream_scorer_records_consumed":
             consumed = sum(s.value for s in family.samples if s.name.endswith("_total"))
+        if family.name in WATCHED_METRICS:
+            counters[family.name] = sum(
+                s.value for s in family.samples if s.name in (family.name, f"{family.name}_total")
+            )
+        if family.name == "stream_scorer_model_info":
+            serving += [
+                f"{s.labels['model_name']}/{s.labels['model_version']}"
+                for s in family.samples
+                if s.value == 1
+            ]
         if family.name != "stream_scorer_stage_duration_seconds":
             continue
         for sample in family.samples:
@@ -588,7 +825,7 @@ def _scrape(url: str) -> dict[str, Any]:
                 stages.setdefault(stage, {})["seconds"] = sample.value
             elif sample.name.endswith("_count"):
                 stages.setdefault(stage, {})["batches"] = sample.value
-    return {"stages": stages, "consumed": consumed}
+    return {"stages": stages, "consumed": consumed, "counters": counters, "serving": serving}
 
 
 def _soak_summary(
@@ -700,13 +937,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-timeout-s", type=float, default=900.0)
     parser.add_argument(
         "--skip", default="",
-        help="phases to skip: limits,throughput,sweep,scaling,latency,pipelining,soak",
+        help="phases to skip: limits,throughput,sweep,scaling,latency,pipelining,soak,"
+        "promotion,monitoring,scores",
     )  # fmt: skip
     parser.add_argument(
         "--ab-rounds", type=int, default=None,
         help=f"rounds of pipelined against barrier ({DEFAULT_AB_ROUNDS}; quick 2)",
     )  # fmt: skip
     parser.add_argument("--soak-s", type=float, default=None, help="soak length (300; quick 30)")
+    parser.add_argument(
+        "--promotion-window-s", type=float, default=None,
+        help="each window of the promotion phase (60; quick 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--monitoring-rounds", type=int, default=None,
+        help=f"rounds of plain/drift/shadow/canary ({DEFAULT_MONITORING_ROUNDS}; quick 1)",
+    )  # fmt: skip
     parser.add_argument(
         "--publish", type=Path, default=None,
         help="also copy results.json and the PNGs here (e.g. docs/perf)",
@@ -740,6 +986,17 @@ def _plan(args: argparse.Namespace) -> Plan:
         ab_rounds=(
             0 if "pipelining" in skip else args.ab_rounds or (2 if quick else DEFAULT_AB_ROUNDS)
         ),
+        promotion_window_s=(
+            0.0
+            if "promotion" in skip
+            else args.promotion_window_s or (10.0 if quick else DEFAULT_PROMOTION_WINDOW_S)
+        ),
+        monitoring_rounds=(
+            0
+            if "monitoring" in skip
+            else args.monitoring_rounds or (1 if quick else DEFAULT_MONITORING_ROUNDS)
+        ),
+        scores_topic="scores" not in skip,
     )
 
 
@@ -752,6 +1009,25 @@ def _phase(name: str, results: dict[str, Any], fn: Callable[[], None]) -> None:
         results.setdefault("errors", []).append(f"{name}: {type(exc).__name__}: {exc}")
         print(f"phase {name} failed: {exc}", file=sys.stderr, flush=True)
     results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - started, 1)
+
+
+def _run_phases(harness: Harness, plan: Plan, results: dict[str, Any]) -> None:
+    """Every phase the plan keeps, in order, on the data set already produced."""
+    phases: list[tuple[str, bool, Callable[[], None]]] = [
+        ("limits", plan.limits, harness.limits),
+        ("throughput", plan.throughput, harness.throughput),
+        ("sweep", plan.sweep, harness.sweep),
+        ("scaling", plan.scaling, harness.scaling),
+        ("latency", plan.latency, harness.latency),
+        ("pipelining", plan.ab_rounds > 0, harness.pipelining),
+        ("soak", plan.soak_s > 0, harness.soak),
+        ("promotion", plan.promotion_window_s > 0, harness.promotion),
+        ("monitoring", plan.monitoring_rounds > 0, harness.monitoring),
+        ("scores_topic", plan.scores_topic, harness.scores),
+    ]
+    for name, wanted, fn in phases:
+        if wanted:
+            _phase(name, results, fn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -785,20 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     results["config"] = {**asdict(plan), "batch_size": BATCH_SIZE, "warmup_s": WARMUP_S}
     try:
         harness.dataset()
-        if plan.limits:
-            _phase("limits", results, harness.limits)
-        if plan.throughput:
-            _phase("throughput", results, harness.throughput)
-        if plan.sweep:
-            _phase("sweep", results, harness.sweep)
-        if plan.scaling:
-            _phase("scaling", results, harness.scaling)
-        if plan.latency:
-            _phase("latency", results, harness.latency)
-        if plan.ab_rounds > 0:
-            _phase("pipelining", results, harness.pipelining)
-        if plan.soak_s > 0:
-            _phase("soak", results, harness.soak)
+        _run_phases(harness, plan, results)
     finally:
         harness.stop_all()
         cluster.close()
