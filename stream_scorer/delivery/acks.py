@@ -57,6 +57,10 @@ class BatchTicket:
         """One more message of this batch is queued."""
         self.pending += 1
 
+    def expect(self, messages: int) -> None:
+        """``messages`` more messages of this batch are about to be queued."""
+        self.pending += messages
+
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         """Delivery report of one of this batch's messages (librdkafka callback)."""
         self.pending -= 1

@@ -120,10 +120,10 @@ class AtLeastOnceDelivery:
         ticket.ranges = ranges(spans)
         tick = time.perf_counter()
         self._publisher.start_batch()
-        on_delivery = ticket.on_delivery
-        for topic, key, value, headers in output.messages:
-            self._publisher.produce(topic, key, value, headers, on_delivery)
-            ticket.produced()
+        # Counted before producing: a full queue serves delivery reports while it waits, and
+        # they must find the ticket expecting them.
+        ticket.expect(len(output.messages))
+        self._publisher.produce_all(output.messages, ticket.on_delivery)
         ticket.seal(result)
         ticket.sealed_at = self._monotonic()
         tock = time.perf_counter()

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from stream_scorer.consume import MessageBatch
 from stream_scorer.delivery.at_least_once import AtLeastOnceDelivery
 from stream_scorer.errors import PublishError
-from stream_scorer.records import BatchOutput, BatchResult, Header, SourceRecord
+from stream_scorer.records import BatchOutput, BatchResult, Header, Outgoing, SourceRecord
 
 NOW_MS = 1_767_225_700_000
 
@@ -79,6 +79,14 @@ class FakePublisher:
         """Queue the message's report."""
         del key, value, headers
         self.queued.append((topic, on_delivery))
+
+    def produce_all(
+        self, messages: Sequence[Outgoing], on_delivery: Callable[[Any, Any], None]
+    ) -> int:
+        """Queue every message's report, in order, as Publisher.produce_all does."""
+        for topic, key, value, headers in messages:
+            self.produce(topic, key, value, headers, on_delivery)
+        return len(messages)
 
     def deliver(self, count: int, error: KafkaError | None = None) -> None:
         """Report the ``count`` oldest messages delivered (or failed with ``error``)."""
