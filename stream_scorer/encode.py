@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream_scorer.decision import DecisionPolicy
+from stream_scorer.decode.columnar.columns import BytesColumn
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.privacy import PrivacyPolicy
 from stream_scorer.records import FieldColumn, Header, Scored, SourceRecord
@@ -380,6 +381,18 @@ class ScoreEncoder:
         topics: list[str],
         parts: NDArray[np.int64],
         offs: NDArray[np.int64],
+    ) -> list[bytes]:
+        field = self.fields.id_field
+        if field is not None and (raw := _raw_strings(rows.columns.get(field), rows.rows)):
+            return raw
+        return list(map(str.encode, self._id_strings(rows, topics, parts, offs)))
+
+    def _id_strings(
+        self,
+        rows: ScoreRows,
+        topics: list[str],
+        parts: NDArray[np.int64],
+        offs: NDArray[np.int64],
     ) -> list[str]:
         field = self.fields.id_field
         if field is not None and field in rows.columns:
@@ -398,11 +411,12 @@ class ScoreEncoder:
 
     def _keys(self, rows: ScoreRows, source_keys: list[bytes | None]) -> list[bytes | None]:
         field = self.fields.key_field
-        if field is not None:
+        raw = None if field is None else _raw_strings(rows.columns[field], rows.rows)
+        if raw is not None:
+            keys: list[bytes | None] = raw  # type: ignore[assignment]  # no None among them
+        elif field is not None:
             values = rows.columns[field].to_objects()[rows.rows].tolist()
-            keys: list[bytes | None] = [
-                None if v is None else str(projected_value(v)).encode() for v in values
-            ]
+            keys = [None if v is None else str(projected_value(v)).encode() for v in values]
         else:
             keys = source_keys
         if self._privacy.key != "keep":
@@ -453,7 +467,7 @@ class ScoreEncoder:
             parts_arr = np.fromiter((r.partition for r in chosen), np.int64, n)
             offs_arr = np.fromiter((r.offset for r in chosen), np.int64, n)
             source_keys = [r.key for r in chosen]
-        ids = list(map(str.encode, self._ids(rows, topics, parts_arr, offs_arr)))
+        ids = self._ids(rows, topics, parts_arr, offs_arr)
         keys = self._keys(rows, source_keys)
         key_unions, key_prefixes, key_bodies = self._key_columns(keys)
         band_pieces = [_string(b.name) + (b"\x01" if b.publish else b"\x00") for b in policy.bands]
@@ -512,3 +526,27 @@ class ScoreEncoder:
             items = [labels[c] + probs[base + 8 * j : base + 8 * j + 8] for j, c in enumerate(row)]
             out.append(count + b"".join(items) + b"\x00")
         return out
+
+
+def _raw_strings(column: FieldColumn | None, index: NDArray[np.intp]) -> list[bytes] | None:
+    """The UTF-8 bytes of a string column's ``index`` rows, sliced straight from the batch
+    buffer; None when that is not exactly what decoding and re-encoding would give (not a
+    string column, a null among the rows, or invalid UTF-8, which decoding replaces).
+
+    A unique field such as the event id is the worst case of ``to_objects``: every value is
+    hashed, sorted, decoded to ``str`` and then encoded back. Slicing skips all of that.
+    """
+    if not isinstance(column, BytesColumn) or not column.is_string or not len(index):
+        return None
+    if column.null is not None and column.null[index].any():
+        return None
+    raw = column.buffer.tobytes()
+    starts = column.start[index].tolist()
+    ends = (column.start[index] + column.length[index]).tolist()
+    values = list(map(raw.__getitem__, map(slice, starts, ends)))
+    # A NUL between values ends any incomplete UTF-8 sequence: one decode checks them all.
+    try:
+        b"\x00".join(values).decode()
+    except UnicodeDecodeError:
+        return None
+    return values

@@ -7,6 +7,11 @@ in batch order: a batch becomes committable when it and every batch before it ar
 its messages produced) and fully acknowledged. A failed delivery poisons its batch: nothing
 from it or after it is ever committed, and :meth:`AckTracker.committable` raises.
 
+Success is not counted per message: the producer reports failures only
+(``delivery.report.only.error``, see :mod:`~stream_scorer.delivery.publish`) and a sealed batch
+is acknowledged once the producer's queue has been seen empty after it
+(:meth:`AckTracker.all_delivered`); a report per message, when configured, counts it down too.
+
 Delivery callbacks run inside ``Producer.poll()``/``flush()`` on the loop's own thread, so no
 locking is needed.
 """
@@ -46,6 +51,9 @@ class BatchTicket:
     result: Any = None
     #: First and last offset per partition, for the debug log lines.
     ranges: dict[str, list[int]] = field(default_factory=dict)
+    #: The producer's queue was seen empty after the batch was sealed: every message of it
+    #: was delivered or reported failed (see :meth:`AckTracker.all_delivered`).
+    flushed: bool = False
 
     def seal(self, result: Any = None) -> None:
         """Every message of the batch is produced; from now on it only waits for acks."""
@@ -57,16 +65,21 @@ class BatchTicket:
         """One more message of this batch is queued."""
         self.pending += 1
 
+    def expect(self, messages: int) -> None:
+        """``messages`` more messages of this batch are about to be queued."""
+        self.pending += messages
+
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        """Delivery report of one of this batch's messages (librdkafka callback)."""
+        """Delivery report of one of this batch's messages (librdkafka callback; with
+        ``delivery.report.only.error`` only failures are reported)."""
         self.pending -= 1
         if error is not None:
             self.failures.append(f"{message.topic()}: {error}")
 
     @property
     def done(self) -> bool:
-        """Sealed and every message acknowledged."""
-        return self.sealed and self.pending == 0
+        """Sealed and every message acknowledged: each reported, or the queue seen empty."""
+        return self.sealed and (self.pending == 0 or self.flushed)
 
 
 class AckTracker:
@@ -87,6 +100,21 @@ class AckTracker:
         ticket = BatchTicket(offsets, timestamps_ms, records)
         self._tickets.append(ticket)
         return ticket
+
+    def all_delivered(self) -> None:
+        """The producer's queue is empty: every sealed batch's messages are delivered.
+
+        Sound because a message counts in ``len(producer)`` from ``produce()`` until its
+        delivery report has been served (librdkafka's ``rd_kafka_outq_len``: messages waiting
+        to be sent or acknowledged, plus reports waiting to be served), and a failed message's
+        report always reaches its ticket's callback, ``delivery.report.only.error`` or not. So
+        a queue seen empty after a poll, with no failure recorded, means every message produced
+        before that poll was acknowledged. Only sealed batches are marked: a batch still being
+        produced may have more messages to come.
+        """
+        for ticket in self._tickets:
+            if ticket.sealed:
+                ticket.flushed = True
 
     def committable(self) -> tuple[list[TopicPartition], list[BatchTicket]]:
         """Offsets of the leading acknowledged batches, merged, and those batches.

@@ -120,10 +120,10 @@ class AtLeastOnceDelivery:
         ticket.ranges = ranges(spans)
         tick = time.perf_counter()
         self._publisher.start_batch()
-        on_delivery = ticket.on_delivery
-        for topic, key, value, headers in output.messages:
-            self._publisher.produce(topic, key, value, headers, on_delivery)
-            ticket.produced()
+        # Counted before producing: a full queue serves delivery reports while it waits, and
+        # they must find the ticket expecting them.
+        ticket.expect(len(output.messages))
+        self._publisher.produce_all(output.messages, ticket.on_delivery)
         ticket.seal(result)
         ticket.sealed_at = self._monotonic()
         tock = time.perf_counter()
@@ -156,7 +156,7 @@ class AtLeastOnceDelivery:
                 msg = (
                     f"a batch of {oldest.records} records was not acknowledged within "
                     f"delivery.flush_timeout_s={self._flush_timeout_s}s "
-                    f"({oldest.pending} outstanding)"
+                    f"({self._publisher.queue_depth} messages outstanding in the producer)"
                 )
                 raise PublishError(msg)
             if len(self._tracker) <= limit:
@@ -172,7 +172,13 @@ class AtLeastOnceDelivery:
             self._log_committed()
 
     def _collect_acked(self) -> None:
-        """Move fully acknowledged batches (in order) to the committer; report them."""
+        """Move fully acknowledged batches (in order) to the committer; report them.
+
+        Called after a poll or a flush: an empty producer queue then means every sealed
+        batch is delivered (:meth:`AckTracker.all_delivered`).
+        """
+        if self._publisher.queue_depth == 0:
+            self._tracker.all_delivered()
         offsets, done = self._tracker.committable()
         if not done:
             return

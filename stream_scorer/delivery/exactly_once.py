@@ -65,7 +65,6 @@ class ExactlyOnceDelivery:
         self._on_commit = on_commit
         self._interrupted = interrupted
         self._failures: list[str] = []
-        self._pending = 0
 
     @property
     def queue_depth(self) -> int:
@@ -82,7 +81,6 @@ class ExactlyOnceDelivery:
         self._publisher.init(self._interrupted)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        self._pending -= 1
         if error is not None:
             self._failures.append(f"{message.topic()}: {error}")
 
@@ -93,9 +91,7 @@ class ExactlyOnceDelivery:
         try:
             publisher.begin()
             self._failures.clear()
-            for topic, key, value, headers in output.messages:
-                publisher.produce(topic, key, value, headers, self._on_delivery)
-                self._pending += 1
+            publisher.produce_all(output.messages, self._on_delivery)
             self._flush()
         except TransactionAbortedError as exc:
             self._rewind(output.batch, exc)

@@ -23,7 +23,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream_scorer.errors import FatalError, PublishError
-from stream_scorer.records import Header
+from stream_scorer.records import Header, Outgoing
 
 #: librdkafka's delivery report callback: ``(error or None, message)``.
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
@@ -51,6 +51,14 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # next to producers written in other languages (librdkafka's default is CRC32).
     "partitioner": "murmur2_random",
     "compression.type": "lz4",
+    # One Python callback per message cost ~2 us each (a Message object, its key and value
+    # copied), as much as produce() itself with a score record per event. With this, the
+    # Python client calls back for failed messages only (it still receives every report in
+    # C); success is known without a callback: a message counts in len(producer) until its
+    # report is served (librdkafka's rd_kafka_outq_len), so an empty queue after a poll means
+    # every message produced before it is delivered or its failure was reported. The
+    # strategies rely on that, not on counting successes (delivery/acks.py).
+    "delivery.report.only.error": True,
 }
 #: Defaults of a transactional (exactly-once) producer, overridable in ``[kafka.producer]``.
 TRANSACTIONAL_DEFAULTS: dict[str, Any] = {
@@ -67,6 +75,8 @@ PRODUCER_OVERRIDES: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
 }
+#: librdkafka's "any partition": the configured partitioner picks one from the key.
+PARTITION_UA = -1
 #: How long produce() waits for room in a full local queue per attempt.
 QUEUE_FULL_POLL_S = 0.05
 #: Timeout for transactional control calls (init, commit, abort, send offsets).
@@ -154,6 +164,40 @@ class Publisher:
             except KafkaException as exc:
                 self._on_produce_error(topic, exc)
             return
+
+    def produce_all(self, messages: Sequence[Outgoing], on_delivery: DeliveryCallback) -> int:
+        """Queue every message in order, one delivery callback for all; how many were queued.
+
+        The hot path of a batch (one score record per event): ``produce`` is called with
+        positional arguments and without an empty header list, which measured ~2x cheaper per
+        message than keywords plus ``headers=[]`` (librdkafka allocates a header set for an
+        empty list too). A full queue falls back to :meth:`produce`, which waits for room, and
+        the loop resumes after the message it queued, so the order is kept.
+
+        Raises:
+            PublishError: As :meth:`produce`.
+        """
+        produce = self._producer.produce
+        queued = 0
+        total = len(messages)
+        while queued < total:
+            try:
+                for topic, key, value, headers in messages[queued:] if queued else messages:
+                    if headers:
+                        # Alerts and dead letters only (few per batch): the copy is cheap.
+                        hdrs: list[tuple[str, str | bytes | None]] = list(headers)
+                        produce(topic, value, key, PARTITION_UA, on_delivery, None, 0, hdrs)
+                    else:
+                        produce(topic, value, key, PARTITION_UA, on_delivery)
+                    queued += 1
+            except BufferError:
+                # Backpressure for the one message that did not fit, then the rest in bulk.
+                topic, key, value, headers = messages[queued]
+                self.produce(topic, key, value, headers, on_delivery)
+                queued += 1
+            except KafkaException as exc:
+                self._on_produce_error(messages[queued][0], exc)
+        return queued
 
     def _on_produce_error(self, topic: str, exc: KafkaException) -> NoReturn:
         msg = f"produce to {topic} failed: {exc}"

@@ -78,3 +78,34 @@ def test_batches_before_a_failed_one_are_handed_out_before_the_error() -> None:
     assert [tp.offset for tp in offsets] == [10] and done == [first]
     with pytest.raises(PublishError, match="too large"):
         tracker.committable()
+
+
+def test_an_empty_queue_acknowledges_sealed_batches_only() -> None:
+    """all_delivered marks every sealed batch delivered; one still being produced stays
+    pending, since more of its messages may follow."""
+    tracker = AckTracker()
+    sealed, producing = _open(tracker, 10), _open(tracker, 20)
+    sealed.expect(3)
+    sealed.sealed = True
+    producing.expect(1)
+
+    tracker.all_delivered()
+    producing.sealed = True
+
+    offsets, done = tracker.committable()
+    assert [(tp.partition, tp.offset) for tp in offsets] == [(0, 10)]
+    assert done == [sealed]
+    assert not producing.done
+
+
+def test_an_empty_queue_does_not_hide_a_failure() -> None:
+    """A failure reported before the queue emptied still poisons its batch."""
+    tracker = AckTracker()
+    ticket = _open(tracker, 10)
+    ticket.expect(2)
+    ticket.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), _Message())  # type: ignore[arg-type]
+    ticket.sealed = True
+    tracker.all_delivered()
+
+    with pytest.raises(PublishError, match="1 deliveries failed"):
+        tracker.committable()

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from stream_scorer.consume import MessageBatch
 from stream_scorer.delivery.at_least_once import AtLeastOnceDelivery
 from stream_scorer.errors import PublishError
-from stream_scorer.records import BatchOutput, BatchResult, Header, SourceRecord
+from stream_scorer.records import BatchOutput, BatchResult, Header, Outgoing, SourceRecord
 
 NOW_MS = 1_767_225_700_000
 
@@ -59,11 +59,19 @@ class FakeMessage:
 class FakePublisher:
     """Keeps delivery callbacks; reports arrive when the test says (or on a waiting poll)."""
 
-    def __init__(self, deliver_on_wait: bool = False) -> None:
-        """Nothing queued; with ``deliver_on_wait`` a poll that may wait delivers the oldest."""
+    def __init__(self, deliver_on_wait: bool = False, only_errors: bool = False) -> None:
+        """Nothing queued; with ``deliver_on_wait`` a poll that may wait delivers the oldest;
+        with ``only_errors`` a successful delivery calls nothing back, as the real producer
+        with ``delivery.report.only.error``."""
         self.queued: list[tuple[str, Callable[[Any, Any], None]]] = []
         self.deliver_on_wait = deliver_on_wait
+        self.only_errors = only_errors
         self.closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages whose report has not been served, as ``len(producer)``."""
+        return len(self.queued)
 
     def start_batch(self) -> None:
         """Nothing to reset."""
@@ -80,11 +88,20 @@ class FakePublisher:
         del key, value, headers
         self.queued.append((topic, on_delivery))
 
+    def produce_all(
+        self, messages: Sequence[Outgoing], on_delivery: Callable[[Any, Any], None]
+    ) -> int:
+        """Queue every message's report, in order, as Publisher.produce_all does."""
+        for topic, key, value, headers in messages:
+            self.produce(topic, key, value, headers, on_delivery)
+        return len(messages)
+
     def deliver(self, count: int, error: KafkaError | None = None) -> None:
         """Report the ``count`` oldest messages delivered (or failed with ``error``)."""
         for _ in range(count):
             topic, callback = self.queued.pop(0)
-            callback(error, FakeMessage(topic))
+            if error is not None or not self.only_errors:
+                callback(error, FakeMessage(topic))
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Deliver the oldest report only when allowed to wait."""
@@ -138,8 +155,9 @@ def make() -> Make:
         deliver_on_wait: bool = False,
         clock: Clock | None = None,
         on_complete: Callable[[BatchResult], None] | None = None,
+        only_errors: bool = False,
     ) -> tuple[AtLeastOnceDelivery, FakeMember, FakePublisher]:
-        member, publisher = FakeMember(), FakePublisher(deliver_on_wait)
+        member, publisher = FakeMember(), FakePublisher(deliver_on_wait, only_errors)
         delivery = AtLeastOnceDelivery(
             member,  # type: ignore[arg-type]  # the fake has what the strategy uses
             publisher,  # type: ignore[arg-type]
@@ -169,6 +187,49 @@ def test_commits_acknowledged_batches_only_in_order(make: Make) -> None:
     delivery.between_batches()
     assert member.consumer.commits == [([(0, 100), (1, 50)], True)]
     assert delivery.in_flight == 0
+
+
+def test_error_only_reports_acknowledge_batches_once_the_queue_is_empty(make: Make) -> None:
+    """With reports for failures only, sealed batches are acknowledged once the producer's
+    queue is seen empty, and not while any message is still outstanding."""
+    delivery, member, publisher = make(only_errors=True)
+    delivery.submit(output(0, 99, messages=2))
+    delivery.submit(output(1, 49, messages=1))
+
+    publisher.deliver(2)  # the first batch's messages: delivered, nothing called back
+    delivery.between_batches()
+    assert member.consumer.commits == []  # one message outstanding: nothing proven yet
+    assert delivery.in_flight == 2
+
+    publisher.deliver(1)
+    delivery.between_batches()
+    assert member.consumer.commits == [([(0, 100), (1, 50)], True)]
+    assert delivery.in_flight == 0
+
+
+def test_error_only_reports_still_fail_their_batch(make: Make) -> None:
+    """A failure reported under error-only reports poisons its batch even once the queue is
+    empty: the next call raises and nothing is committed."""
+    delivery, member, publisher = make(only_errors=True)
+    delivery.submit(output(0, 9, messages=2))
+    publisher.deliver(1, KafkaError(KafkaError._MSG_TIMED_OUT))
+    publisher.deliver(1)
+
+    with pytest.raises(PublishError, match="1 deliveries failed"):
+        delivery.between_batches()
+    assert member.consumer.commits == []
+
+
+def test_error_only_reports_submit_waits_until_the_queue_drains(make: Make) -> None:
+    """With no report per success, waiting for room in flight ends when the queue is empty."""
+    delivery, member, _ = make(max_in_flight=2, deliver_on_wait=True, only_errors=True)
+    for last in (9, 19, 29):
+        delivery.submit(output(0, last, messages=2))
+
+    # The third submit found the first two proven delivered (the second's wait drained the
+    # queue) and returned with only itself in flight.
+    assert delivery.in_flight == 1
+    assert member.consumer.commits[-1] == ([(0, 20)], True)
 
 
 def test_commits_at_most_once_per_interval(make: Make) -> None:

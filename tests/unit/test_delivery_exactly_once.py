@@ -17,7 +17,7 @@ from stream_scorer.consume import MessageBatch
 from stream_scorer.delivery.exactly_once import ExactlyOnceDelivery
 from stream_scorer.delivery.publish import TransactionAbortedError, TransactionalPublisher
 from stream_scorer.errors import FatalError, PublishError
-from stream_scorer.records import BatchOutput, BatchResult, Header, SourceRecord
+from stream_scorer.records import BatchOutput, BatchResult, Header, Outgoing, SourceRecord
 
 NOW_MS = 1_767_225_700_000
 
@@ -101,6 +101,14 @@ class FakeTransactionalPublisher:
         del key, value, headers
         self.calls.append(f"produce {topic}")
         self.producer.queued.append((topic, on_delivery))
+
+    def produce_all(
+        self, messages: Sequence[Outgoing], on_delivery: Callable[[Any, Any], None]
+    ) -> int:
+        """Queue every message's report, in order, as Publisher.produce_all does."""
+        for topic, key, value, headers in messages:
+            self.produce(topic, key, value, headers, on_delivery)
+        return len(messages)
 
     def remaining_s(self) -> float:
         """Plenty of time."""

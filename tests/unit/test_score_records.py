@@ -16,7 +16,8 @@ import pytest
 
 from stream_scorer.consume import MessageBatch
 from stream_scorer.decision import parse_policy, threshold_policy
-from stream_scorer.encode import EventFields, ScoreEncoder, ScoreRows
+from stream_scorer.decode.columnar.columns import BytesColumn
+from stream_scorer.encode import EventFields, ScoreEncoder, ScoreRows, _raw_strings
 from stream_scorer.errors import ConfigurationError
 from stream_scorer.privacy import PrivacyPolicy
 from stream_scorer.records import SourceRecord, ValuesColumn
@@ -197,3 +198,74 @@ def test_empty_rows_encode_nothing() -> None:
         )
         == []
     )
+
+
+def _bytes_column(name: str, values: list[bytes | None]) -> BytesColumn:
+    """A decoded string column as the columnar decoder makes it: slices of one buffer."""
+    buffer = b"".join(v or b"" for v in values)
+    lengths = np.array([len(v or b"") for v in values], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    null = np.array([v is None for v in values])
+    return BytesColumn(
+        name=name,
+        null=null if null.any() else None,
+        buffer=np.frombuffer(buffer, np.uint8),
+        start=starts,
+        length=lengths,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ids", "keys"),
+    [
+        (
+            [f"txn-{i:04d}-ü".encode() for i in range(80)],
+            [f"card-{i % 7}".encode() for i in range(80)],
+        ),
+        ([b"ok", b"bad-\xff", b"x"] * 3, [b"c0", None, b"c2"] * 3),
+    ],
+    ids=["valid-utf8", "invalid-utf8-and-null"],
+)
+def test_string_columns_sliced_from_the_buffer_equal_the_decoded_values(
+    ids: list[bytes | None], keys: list[bytes | None]
+) -> None:
+    """Ids and keys read as raw slices of the batch buffer give the same records as their
+    decoded values do; invalid UTF-8 and nulls take the decoding path and read the same."""
+    n = len(ids)
+    records = _records(n)
+    rows = np.arange(0, n, 2)  # every other row: the slices must follow the index
+    policy = threshold_policy(0.5)
+    scores = np.linspace(0.0, 1.0, len(rows))
+    encoder = ScoreEncoder(SCORE_SCHEMA, b"", EventFields(id_field="id", key_field="card"))
+
+    def encode(columns: dict[str, Any]) -> list[Any]:
+        return encoder.encode_rows(
+            ScoreRows(records, rows, scores, policy.assign(scores), None, columns),
+            policy, "m", "7", NOW_MS,
+        )  # fmt: skip
+
+    sliced = encode({"id": _bytes_column("id", ids), "card": _bytes_column("card", keys)})
+    decoded = encode(
+        {
+            "id": ValuesColumn.of([None if v is None else v.decode(errors="replace") for v in ids]),
+            "card": ValuesColumn.of(
+                [None if v is None else v.decode(errors="replace") for v in keys]
+            ),
+        }
+    )
+
+    assert sliced == decoded
+    assert [_decode(value)["event_id"] for _, value, _ in sliced][:2] == [
+        (ids[0] or b"").decode(errors="replace"),
+        (ids[2] or b"").decode(errors="replace"),
+    ]
+
+
+def test_raw_string_slices_are_taken_only_when_they_equal_the_decoded_text() -> None:
+    """Valid UTF-8 rows come back as buffer slices; a null or an invalid row means decode."""
+    column = _bytes_column("id", [b"a", "é".encode(), None, b"\xff"])
+
+    assert _raw_strings(column, np.array([0, 1])) == [b"a", "é".encode()]
+    assert _raw_strings(column, np.array([0, 2])) is None
+    assert _raw_strings(column, np.array([3])) is None
+    assert _raw_strings(ValuesColumn.of(["a"]), np.array([0])) is None
