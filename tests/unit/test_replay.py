@@ -375,15 +375,15 @@ def test_top_disagreements_are_bounded_and_the_largest(
 def test_drift_against_the_card_reference_and_latency(
     replayed: tuple[ReplayScorer, list[dict[str, Any]]],
 ) -> None:
-    """fraud/1's card has a reference: one window over the whole range is judged by the
-    service's drift code; fraud/2's has none. Dead letters by reason; latency percentiles."""
+    """Each card's reference judges one window over the whole range with the service's drift
+    code (both shipped fraud cards carry one). Dead letters by reason; latency percentiles."""
     scorer, _ = replayed
     data = scorer.finish("t", {}).data
     drift = data["drift"]["fraud/1"]
     assert drift["events"] == N_EVENTS
     assert {"amount", "_score"} <= set(drift["psi"])
     assert all(v >= 0 for v in drift["psi"].values())
-    assert data["drift"]["fraud/2"] is None
+    assert data["drift"]["fraud/2"]["events"] == N_EVENTS
     assert data["dead_letters"]["decode"] == 3
     assert data["dead_letters"]["by_reason"]["decode"] == {"decode/DecodeError": 3}
     for part in ("decode", "batch"):
@@ -485,3 +485,32 @@ def test_cli_refuses_mixed_ranges_and_missing_plot_extra_before_any_work(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["replay", "--model", "fraud/2", "--png", "x.png"]) == 2
     assert PLOT_HINT in capsys.readouterr().err
+
+
+def test_card_without_a_reference_has_no_drift(
+    tmp_path: Path, fraud: tuple[LoadedModel, LoadedModel], reader_schema_json: dict[str, Any]
+) -> None:
+    """A card with no reference statistics: its drift is reported as None, not invented."""
+    folder = tmp_path / "fraud" / "8"
+    shutil.copytree(REPO / "models/fraud/2", folder)
+    card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    del card["reference"]
+    card["version"] = "8"
+    (folder / "model.json").write_text(json.dumps(card), encoding="utf-8")
+    bare = load_model(folder, reader_schema_json)
+    settings = load_settings(None, {"schema": {"wire_format": "plain"}}, environ={})
+    decoder = build_decoder(settings, reader_schema_json, None)
+    parsed = fastavro.parse_schema(reader_schema_json)
+    generated, _ = TransactionGenerator(seed=3).generate(200)
+    records = []
+    for i, event in enumerate(generated):
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, parsed, event)
+        records.append(SourceRecord("t", 0, i, None, body.getvalue()))
+    scorer = ReplayScorer(bare, fraud[1], DriftConfig(), "transaction_id", top=5)
+    scorer.decode_and_score(decoder.decode, MessageBatch.from_records(records))
+
+    drift = scorer.finish("t", {}).data["drift"]
+
+    assert drift["fraud/8"] is None
+    assert drift["fraud/1"]["events"] == 200
