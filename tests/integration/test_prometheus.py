@@ -28,10 +28,11 @@ from typing import Any
 import pytest
 import yaml
 
+from stream_scorer.devtools.generate import TransactionGenerator
 from stream_scorer.lifecycle import ModelRepository, promote
 
-from .helpers import REPO, wait_until
-from .scorer_process import PacedProducer, ScorerProcess, base_config, encode_events, make_events
+from .helpers import REPO, produce_values, wait_until
+from .scorer_process import PacedProducer, ScorerProcess, base_config, encode_events
 
 RULES = REPO / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "stream-scorer.json"
@@ -44,6 +45,8 @@ EVENTS = 40_000
 RATE = 1_000
 #: Every this many events one is truncated, so the decode dead-letter series moves.
 CORRUPT_EVERY = 500
+#: Share of keys the canary (fraud/1's own graph as version 9) decides.
+CANARY_FRACTION = 0.2
 #: Alerts that must not be pending while one healthy scorer works through a small stream
 #: (0.2 % of it undecodable, under the dead-letter alert's 1 %).
 QUIET_WHEN_HEALTHY = (
@@ -166,11 +169,17 @@ def prometheus_binary() -> str:
 
 
 def _model_repository(tmp_path: Path) -> Path:
-    """fraud/1 (the version served) and a fraud/3 whose ONNX file no longer matches its card,
-    for the refused-promotion check; created once per test."""
+    """fraud/1 (the version served), fraud/1's files as canary version 9, and a fraud/3 whose
+    ONNX file no longer matches its card, for the refused-promotion check; created once per
+    test."""
     repo = tmp_path / "models"
     if not repo.exists():
         shutil.copytree(REPO / "models" / "fraud" / "1", repo / "fraud" / "1")
+        shutil.copytree(REPO / "models" / "fraud" / "1", repo / "fraud" / "9")
+        card_file = repo / "fraud" / "9" / "model.json"
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+        card["version"] = "9"  # the champion's own graph: no rollback rule can fire on it
+        card_file.write_text(json.dumps(card), encoding="utf-8")
         shutil.copytree(REPO / "models" / "fraud" / "2", repo / "fraud" / "3")
         onnx = repo / "fraud" / "3" / "model.onnx"
         onnx.write_bytes(onnx.read_bytes()[:-10])
@@ -178,16 +187,30 @@ def _model_repository(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def scorer(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iterator[ScorerProcess]:
+def labels_topic(make_topic: Any) -> str:
+    """The labels topic the scorer joins (event id -> is_fraud)."""
+    topic: str = make_topic("labels", partitions=2)
+    return topic
+
+
+@pytest.fixture
+def scorer(
+    kafka_bootstrap: str, topics: dict[str, str], labels_topic: str, tmp_path: Path
+) -> Iterator[ScorerProcess]:
     """A running scorer on the test's topics, assigned its partitions, with drift windows,
-    a shadow and the promotion watcher, so every dashboard series exists."""
+    a shadow, a canary, a labels topic and the promotion watcher, so every dashboard series
+    exists."""
+    repository = _model_repository(tmp_path)
     config = base_config(
         kafka_bootstrap,
         topics,
+        labels={"topic": labels_topic, "offset_reset": "earliest"},
         monitoring={
             "window_events": DRIFT_WINDOW,
             "min_window_events": DRIFT_WINDOW // 5,
             "shadows": [str(REPO / "models" / "fraud" / "2")],
+            "canary": str(repository / "fraud" / "9"),
+            "canary_fraction": CANARY_FRACTION,
             # A shadow over budget is dropped (and its gauges with it); a loaded 2-core
             # machine must not turn the shadow panel empty, so the budget is generous.
             "shadow_max_ratio": 1000.0,
@@ -195,7 +218,7 @@ def scorer(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iter
         },
         lifecycle={
             "watch": "file",
-            "repository": str(_model_repository(tmp_path)),
+            "repository": str(repository),
             "state_dir": str(tmp_path / "lifecycle"),
         },
     )
@@ -230,12 +253,24 @@ def test_prometheus_scrapes_the_scorer_loads_every_rule_and_answers_every_panel(
     scorer: ScorerProcess,
     kafka_bootstrap: str,
     topics: dict[str, str],
+    labels_topic: str,
     tmp_path: Path,
 ) -> None:
     """Debian's Prometheus scrapes a live scorer: target up, every rule of rules.yml healthy,
     partition recording rules count the topic's 4 partitions, every dashboard query has data,
     state alerts stay quiet, and a refused promotion fires StreamScorerModelRefused."""
-    messages = encode_events(make_events(EVENTS, seed=13))
+    events, frauds = TransactionGenerator(seed=13).generate(EVENTS)
+    # Every event's label first (held until its event is scored), as a label feed would.
+    produce_values(
+        kafka_bootstrap,
+        labels_topic,
+        [
+            (e["transaction_id"].encode(), json.dumps({"event_id": e["transaction_id"],
+                                                       "outcome": bool(f)}).encode())
+            for e, f in zip(events, frauds, strict=True)
+        ],
+    )  # fmt: skip
+    messages = encode_events(events)
     messages = [
         (key, value[:3] if i % CORRUPT_EVERY == 0 else value)
         for i, (key, value) in enumerate(messages)

@@ -28,8 +28,10 @@ from stream_scorer.lifecycle import ModelRepository
 from stream_scorer.lifecycle.watcher import PromotionWatcher
 from stream_scorer.metrics import ScorerMetrics
 from stream_scorer.model_set import LiveModels, ModelSet, load_model
+from stream_scorer.monitoring.canary_rollback import CanaryMetrics
 from stream_scorer.monitoring.compare import ComparisonMetrics
 from stream_scorer.monitoring.drift import DriftMetrics
+from stream_scorer.monitoring.labels import LabelMetrics
 from stream_scorer.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +48,7 @@ SERVICES = {"kafka", "topics", "schema-registry", "scorer", "producer", "prometh
 #: What the dashboard must show (issue 13), as words its panel titles contain.
 DASHBOARD_TOPICS = (
     "throughput", "lag", "latency", "dead letters", "batches", "model version", "drift", "shadow",
+    "performance", "canary",
 )  # fmt: skip
 #: Grafana's interval variables, replaced by a fixed window to evaluate a panel's query.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
@@ -436,6 +439,13 @@ def test_dashboard_reads_only_metrics_the_service_exports(tmp_path: Path) -> Non
     comparison = ComparisonMetrics(registry)
     for gauge in (comparison.agreement, comparison.correlation):
         gauge.labels("fraud/1", "fraud/2").set(1)
+    drift.performance.set("fraud", "1", 0.5, 0.5)
+    realized = LabelMetrics(registry)
+    for gauge in (realized.precision, realized.recall):
+        gauge.labels("fraud", "1").set(0.5)
+    canary = CanaryMetrics(registry)
+    canary.decided.labels("fraud/1", "fraud/9", "canary").inc()
+    canary.fraction.labels("fraud/1", "fraud/9").set(0.2)
     # The promotion counter is the watcher's own: build one on the shipped model.
     reader = load_schema(REPO_ROOT / "schemas" / "transaction.avsc", "reader")
     live = LiveModels(ModelSet(load_model(REPO_ROOT / "models" / "fraud" / "1", reader, 1)))
