@@ -208,6 +208,9 @@ def scorer(
         monitoring={
             "window_events": DRIFT_WINDOW,
             "min_window_events": DRIFT_WINDOW // 5,
+            # Every batch counted: the windows of the champion, the canary and the shadow must
+            # close within the test on a loaded machine (the cost cap would skip batches).
+            "drift_max_share": 1.0,
             "shadows": [str(REPO / "models" / "fraud" / "2")],
             "canary": str(repository / "fraud" / "9"),
             "canary_fraction": CANARY_FRACTION,
