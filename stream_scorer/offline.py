@@ -12,7 +12,7 @@ their reason instead of a score. Tests use it as the reference the stream is che
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,10 +20,10 @@ import fastavro
 
 from stream_scorer.encode import EventFields
 from stream_scorer.model_set import LoadedModel
-from stream_scorer.pipeline import score_and_flag
+from stream_scorer.pipeline import ModelDecision, score_and_flag
 from stream_scorer.records import DecodedBatch, Event, SourceRecord
 
-__all__ = ["SCORE_SCHEMA", "OfflineResult", "score_events", "score_file"]
+__all__ = ["SCORE_SCHEMA", "OfflineResult", "decision_results", "score_events", "score_file"]
 
 #: Schema of ``score-file``'s Avro output: one record per input event.
 SCORE_SCHEMA: dict[str, Any] = {
@@ -103,6 +103,32 @@ def _score_chunk(
     """The stream's policy (:func:`~stream_scorer.pipeline.score_and_flag`) on one chunk."""
     decoded = DecodedBatch.from_events(events, model.features.fields)
     decision = score_and_flag(model, decoded)
+    reasons = {r.source.offset - events[0].source.offset: r.message for r in decision.rejected}
+    yield from decision_results(
+        model,
+        decision,
+        [event.source.offset for event in events],
+        [_event_id(event, fields) for event in events],
+        reasons,
+    )
+
+
+def decision_results(
+    model: LoadedModel,
+    decision: ModelDecision,
+    indices: Sequence[int],
+    ids: Sequence[str | None],
+    reasons: Mapping[int, str],
+) -> list[OfflineResult]:
+    """``score-file``'s result for every row of a scored batch, from the model's decision.
+
+    Args:
+        model: The model that decided.
+        decision: Its decision (:func:`~stream_scorer.pipeline.score_and_flag`).
+        indices: Each row's ``index`` field.
+        ids: Each row's event id (None where the event has none).
+        reasons: Why a row has no score, by row (rejected by featurize or the model).
+    """
     policy = decision.policy
     assert policy is not None and decision.bands is not None  # noqa: S101 - set by score_and_flag
     rows = decision.rows.tolist()
@@ -117,12 +143,12 @@ def _score_chunk(
                 for c, p in zip(cols, probs, strict=True)
             ]
     flagged = set(decision.rows[decision.flagged].tolist())
-    reasons = {r.source.offset - events[0].source.offset: r.message for r in decision.rejected}
-    for row, event in enumerate(events):
+    out: list[OfflineResult] = []
+    for row, (index, event_id) in enumerate(zip(indices, ids, strict=True)):
         score = scores.get(row)
-        yield {
-            "index": event.source.offset,
-            "event_id": _event_id(event, fields),
+        out.append({
+            "index": index,
+            "event_id": event_id,
             "score": score,
             "flagged": row in flagged,
             "threshold": policy.threshold,
@@ -131,7 +157,8 @@ def _score_chunk(
             "model_name": model.name,
             "model_version": model.version,
             "error": None if score is not None else reasons.get(row, "not scored"),
-        }
+        })  # fmt: skip
+    return out
 
 
 def _event_id(event: Event, fields: EventFields) -> str | None:

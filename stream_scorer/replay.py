@@ -47,7 +47,7 @@ from stream_scorer.errors import ConfigurationError, FatalError
 from stream_scorer.model_set import LoadedModel
 from stream_scorer.monitoring.compare import Comparison, Comparisons
 from stream_scorer.monitoring.drift import DriftConfig, DriftMonitor, WindowReport
-from stream_scorer.offline import SCORE_SCHEMA, OfflineResult
+from stream_scorer.offline import SCORE_SCHEMA, OfflineResult, decision_results
 from stream_scorer.pipeline import ModelDecision, score_and_flag
 from stream_scorer.records import DecodedBatch, Rejected, SourceRecord
 
@@ -789,36 +789,10 @@ def _results(
     """``score-file``'s result per event of the batch (decoded rows, then undecodable ones),
     from the same decision ``score-file`` takes (:mod:`stream_scorer.offline`)."""
     policy = decision.policy
-    assert policy is not None and decision.bands is not None  # noqa: S101 - score_and_flag
-    rows = decision.rows.tolist()
-    scores = dict(zip(rows, decision.scores.tolist(), strict=True))
-    bands = dict(zip(rows, [policy.names[b] for b in decision.bands.tolist()], strict=True))
-    classes: dict[int, list[dict[str, Any]]] = {}
-    if decision.top is not None:
-        columns, probabilities = decision.top
-        for row, cols, probs in zip(rows, columns.tolist(), probabilities.tolist(), strict=True):
-            classes[row] = [
-                {"label": policy.labels[c], "probability": p}
-                for c, p in zip(cols, probs, strict=True)
-            ]
-    flagged = set(decision.rows[decision.flagged].tolist())
+    assert policy is not None  # noqa: S101 - score_and_flag
     position = {record: i for i, record in enumerate(decoded.records)}
     reasons = {position[r.source]: r.message for r in decision.rejected if r.source in position}
-    out: list[OfflineResult] = []
-    for row in range(len(decoded.records)):
-        score = scores.get(row)
-        out.append({
-            "index": row,
-            "event_id": ids[row],
-            "score": score,
-            "flagged": row in flagged,
-            "threshold": policy.threshold,
-            "band": bands.get(row),
-            "classes": classes.get(row, []),
-            "model_name": model.name,
-            "model_version": model.version,
-            "error": None if score is not None else reasons.get(row, "not scored"),
-        })  # fmt: skip
+    out = decision_results(model, decision, range(len(decoded.records)), ids, reasons)
     for reject in decoded.rejected:
         out.append({
             "index": 0, "event_id": None, "score": None, "flagged": False,
