@@ -61,10 +61,6 @@ class BatchTicket:
         self.sealed_at = time.monotonic()
         self.result = result
 
-    def produced(self) -> None:
-        """One more message of this batch is queued."""
-        self.pending += 1
-
     def expect(self, messages: int) -> None:
         """``messages`` more messages of this batch are about to be queued."""
         self.pending += messages

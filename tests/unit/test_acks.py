@@ -36,7 +36,7 @@ def test_later_batch_waits_for_earlier_unacknowledged_one() -> None:
     outstanding; both are committed together once it is acknowledged."""
     tracker = AckTracker()
     first, second = _open(tracker, 10), _open(tracker, 20)
-    first.produced()
+    first.expect(1)
     first.sealed = second.sealed = True
     assert tracker.committable()[0] == []
     first.on_delivery(None, _Message())  # type: ignore[arg-type]
@@ -58,7 +58,7 @@ def test_failed_delivery_poisons_the_batch_and_everything_after() -> None:
     """A failed delivery raises and nothing of its batch, or after it, becomes committable."""
     tracker = AckTracker()
     bad, later = _open(tracker, 10), _open(tracker, 20)
-    bad.produced()
+    bad.expect(1)
     bad.sealed = later.sealed = True
     bad.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), _Message())  # type: ignore[arg-type]
     with pytest.raises(PublishError, match="1 deliveries failed"):
